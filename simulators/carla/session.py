@@ -44,7 +44,10 @@ SENSORS = {
     "semantic": "sensor.camera.semantic_segmentation",
     "instance": "sensor.camera.instance_segmentation",
 }
-STAGING_Z = -500.0  # spawn height (m) of cars before they are moved into place: under the world, out of sight
+# Spawn height (m) of cars before they are moved into place: high above the atlas,
+# where nothing can collide with them (below the ground a map's kill-Z could bite).
+# They are moved before the next tick, so no camera ever sees them there.
+STAGING_Z = 500.0
 # From 0.9.16 the instance camera writes CARLA actor ids (carla-simulator/carla PR 8334);
 # before, Unreal's internal ids.
 ACTOR_ID_INSTANCES_SINCE = (0, 9, 16)
@@ -305,7 +308,7 @@ class CarlaSession:
             if bp.has_attribute("role_name"):
                 bp.set_attribute("role_name", "lts_car")
             p = spec.placement
-            staging = carla.Transform(carla.Location(p.x, p.y, STAGING_Z - 10.0 * i), carla.Rotation(yaw=p.yaw))
+            staging = carla.Transform(carla.Location(p.x, p.y, STAGING_Z + 10.0 * i), carla.Rotation(yaw=p.yaw))
             actor = self.world.try_spawn_actor(bp, staging)
             if actor is None:
                 info["failed_cars"].append(spec.block)
