@@ -1,0 +1,227 @@
+"""The car-counting main task model (paper section 4.3).
+
+A CNN (:class:`lts_jax.models.counting.CountingCNN`) predicts the number of cars
+of each of 5 types in an image. Loss and metric are the L1 distance between
+predicted (real-valued, not rounded) and true counts, averaged over types; the
+reward is the negative validation L1.
+
+Data: ``{"image": uint8 [N, H, W, 3], "counts": int [N, num_types], ...}``
+(other keys are ignored), as the traffic simulator returns.
+
+All methods are pure and jittable; ``epochs`` is static. Everything about the
+shape of the computation (image size, batch size, dtype, layer widths) is static
+configuration on the object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from lts_jax.models.counting import CONVS, CountingCNN, to_patch_order, train_flops_per_image
+from lts_jax.policy import make_optimizer
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@struct.dataclass
+class CountingState:
+    params: Any  # float32 pytree (master weights, also under bfloat16 compute)
+    opt_state: optax.OptState  # float32
+    step: jax.Array  # [] int32, optimizer steps taken
+    loss: jax.Array  # [] float32, mean training L1 over the last epoch (NaN before any training)
+
+
+def l1_per_type(pred: jax.Array, counts: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean absolute count error per type.
+
+    pred: [N, T] float; counts: [N, T] int or float; weights: [N] (0 masks an example) or None.
+    Returns [T] float32: sum_n w_n |pred - counts| / sum_n w_n.
+    """
+    err = jnp.abs(pred.astype(jnp.float32) - counts.astype(jnp.float32))
+    if weights is None:
+        return jnp.mean(err, axis=0)
+    w = weights.astype(jnp.float32)
+    return jnp.sum(err * w[:, None], axis=0) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+class CountingTask:
+    """Counting CNN trained with L1 loss on minibatches; reward = -L1 on the evaluation data.
+
+    Args:
+      height, width: image size (static; the simulator's).
+      batch_size: the largest training minibatch. An epoch takes
+        ceil(M / batch_size) steps with the M examples spread evenly over them
+        (:meth:`batching`); where they do not divide evenly the short batches are
+        padded and masked, so every example counts once per epoch.
+      learning_rate, optimizer, grad_clip: the optax optimiser (adam, sgd, rmsprop).
+      compute_dtype: "float32" or "bfloat16". bfloat16 computes activations and
+        matrix products in bf16 while parameters, gradients and optimizer state
+        stay float32.
+      features, hidden, conv: the CNN (see :mod:`lts_jax.models.counting`).
+      num_types: number of car types (length of ``counts``).
+      eval_batch_size: examples per evaluation chunk (a scan; the last chunk is
+        padded and masked).
+      unroll: minibatch steps per iteration of the training scan (``lax.scan``'s
+        ``unroll``); a speed knob, results are identical.
+    """
+
+    def __init__(
+        self,
+        height: int = 96,
+        width: int = 320,
+        *,
+        batch_size: int = 32,
+        learning_rate: float = 1e-3,
+        optimizer: str = "adam",
+        grad_clip: float | None = None,
+        compute_dtype: str = "float32",
+        features: Sequence[int] = (16, 32, 64, 128),
+        hidden: int = 128,
+        conv: str = "patch",
+        num_types: int = 5,
+        eval_batch_size: int = 256,
+        unroll: int = 1,
+    ):
+        if height < 1 or width < 1:
+            raise ValueError(f"image size must be positive, got {height}x{width}")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size}, {eval_batch_size}")
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"unknown compute_dtype {compute_dtype!r}; choose one of {sorted(COMPUTE_DTYPES)}")
+        if conv not in CONVS:
+            raise ValueError(f"unknown conv {conv!r}; choose one of {CONVS}")
+        if unroll < 1:
+            raise ValueError(f"unroll must be >= 1, got {unroll}")
+        self.height, self.width = int(height), int(width)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.compute_dtype = compute_dtype
+        self.num_types = int(num_types)
+        self.unroll = int(unroll)
+        self.model = CountingCNN(
+            features=tuple(features),
+            hidden=int(hidden),
+            num_types=self.num_types,
+            conv=conv,
+            dtype=COMPUTE_DTYPES[compute_dtype],
+        )
+        self.optimizer = make_optimizer(optimizer, learning_rate, grad_clip)
+
+    # -- model ---------------------------------------------------------------------------------
+
+    def prepare(self, images: jax.Array) -> jax.Array:
+        """Model input from images [N, H, W, 3] uint8 (patch order for ``conv="patch"``); stays uint8."""
+        if images.shape[-3:-1] != (self.height, self.width):
+            raise ValueError(f"images are {images.shape[-3:-1]}, the task expects {(self.height, self.width)}")
+        if self.model.conv == "patch":
+            return to_patch_order(images, len(self.model.features))
+        return images
+
+    def apply(self, params: Any, inputs: jax.Array) -> jax.Array:
+        """Predicted counts [N, num_types] float32 from prepared inputs."""
+        return self.model.apply({"params": params}, inputs)
+
+    def predict(self, state: CountingState, images: jax.Array) -> jax.Array:
+        """Predicted counts [N, num_types] float32 from images [N, H, W, 3] uint8."""
+        return self.apply(state.params, self.prepare(images))
+
+    def flops_per_image(self) -> float:
+        """Analytic FLOPs of one training step per image (matrix products only)."""
+        m = self.model
+        return train_flops_per_image(self.height, self.width, m.features, m.hidden, m.num_types, m.conv)
+
+    # -- Task protocol -------------------------------------------------------------------------
+
+    def init(self, key: jax.Array) -> CountingState:
+        dummy = self.prepare(jnp.zeros((1, self.height, self.width, 3), jnp.uint8))
+        params = self.model.init(key, dummy)["params"]
+        return CountingState(
+            params=params,
+            opt_state=self.optimizer.init(params),
+            step=jnp.zeros((), jnp.int32),
+            loss=jnp.full((), jnp.nan, jnp.float32),
+        )
+
+    def loss_fn(self, params: Any, inputs: jax.Array, counts: jax.Array, weights: jax.Array) -> jax.Array:
+        """Weighted mean over examples of the type-averaged L1; inputs prepared, weights [B]."""
+        return jnp.mean(l1_per_type(self.apply(params, inputs), counts, weights))
+
+    def train_step(self, state: CountingState, inputs: jax.Array, counts: jax.Array, weights: jax.Array):
+        """One optimizer step on a prepared minibatch; returns (state, loss)."""
+        loss, grads = jax.value_and_grad(self.loss_fn)(state.params, inputs, counts, weights)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), loss
+
+    def batching(self, num: int) -> tuple[int, int]:
+        """(steps per epoch, examples per step) for a data set of ``num`` examples.
+
+        steps = ceil(num / batch_size); the examples are spread evenly over them
+        (M = 100, batch 32: 4 steps of 25, not 3 of 32 and one of 4 padded to 32),
+        which keeps the optimizer steps per epoch and avoids computing padding.
+        """
+        steps = -(-num // self.batch_size)
+        return steps, -(-num // steps)
+
+    def schedule(self, key: jax.Array, num: int, epochs: int) -> tuple[jax.Array, jax.Array]:
+        """Shuffled minibatch indices [epochs * steps, B] and weights [epochs * steps, B] (0 = padding)."""
+        steps, b = self.batching(num)
+        perms = jax.vmap(lambda k: jax.random.permutation(k, num))(jax.random.split(key, epochs))
+        pad = steps * b - num
+        idx = jnp.pad(perms, ((0, 0), (0, pad))).reshape(epochs * steps, b)
+        valid = jnp.arange(steps * b) < num
+        weights = jnp.tile(valid.reshape(steps, b), (epochs, 1)).astype(jnp.float32)
+        return idx.astype(jnp.int32), weights
+
+    def train(self, state: CountingState, data: dict[str, jax.Array], key: jax.Array, epochs: int) -> CountingState:
+        """``epochs`` (static) passes over ``data`` in shuffled minibatches; one ``lax.scan``."""
+        if epochs < 1:
+            return state
+        inputs = self.prepare(data["image"])
+        counts = data["counts"]
+        num = inputs.shape[0]
+        idx, weights = self.schedule(key, num, epochs)
+        steps_per_epoch = idx.shape[0] // epochs
+
+        def body(st, xs):
+            i, w = xs
+            return self.train_step(st, inputs[i], counts[i], w)
+
+        state, losses = jax.lax.scan(body, state, (idx, weights), unroll=self.unroll)
+        return state.replace(loss=jnp.mean(losses[-steps_per_epoch:]))
+
+    def evaluate(self, state: CountingState, data: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """{"reward": -l1 [], "l1": [], "l1_per_type": [num_types]} over all of ``data``.
+
+        A scan over chunks of ``eval_batch_size`` examples; the last chunk is padded and masked.
+        """
+        inputs = self.prepare(data["image"])
+        counts = data["counts"]
+        num = inputs.shape[0]
+        b = min(self.eval_batch_size, num)
+        chunks = -(-num // b)
+        pad = chunks * b - num
+
+        def chunked(x):
+            x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
+            return x.reshape(chunks, b, *x.shape[1:])
+
+        weights = (jnp.arange(chunks * b) < num).astype(jnp.float32).reshape(chunks, b)
+
+        def body(total, xs):
+            x, y, w = xs
+            err = jnp.abs(self.apply(state.params, x) - y.astype(jnp.float32))
+            return total + jnp.sum(err * w[:, None], axis=0), None
+
+        total, _ = jax.lax.scan(
+            body, jnp.zeros((self.num_types,), jnp.float32), (chunked(inputs), chunked(counts), weights)
+        )
+        per_type = total / num
+        l1 = jnp.mean(per_type)
+        return {"reward": -l1, "l1": l1, "l1_per_type": per_type}
