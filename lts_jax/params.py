@@ -64,9 +64,7 @@ class Block:
         if self.kind == "categorical" and self.size < 2:
             raise ValueError(f"block {self.name!r}: a categorical needs >= 2 values")
         if self.labels is not None and len(self.labels) != self.size:
-            raise ValueError(
-                f"block {self.name!r}: {len(self.labels)} labels for size {self.size}"
-            )
+            raise ValueError(f"block {self.name!r}: {len(self.labels)} labels for size {self.size}")
         if not self.box[0] < self.box[1]:
             raise ValueError(f"block {self.name!r}: box {self.box} is empty")
 
@@ -78,9 +76,7 @@ class Block:
     def entry_names(self) -> list[str]:
         labels = self.labels or tuple(str(i) for i in range(self.size))
         if self.kind == "gaussian":
-            return [f"{self.name}.mean[{lab}]" for lab in labels] + [
-                f"{self.name}.log_var[{lab}]" for lab in labels
-            ]
+            return [f"{self.name}.mean[{lab}]" for lab in labels] + [f"{self.name}.log_var[{lab}]" for lab in labels]
         return [f"{self.name}[{lab}]" for lab in labels]
 
 

@@ -143,7 +143,7 @@ class GaussianPolicy:
             **reward_metrics(rewards, best),
             "baseline": baseline,
             "advantage_abs_mean": jnp.mean(jnp.abs(advantages)),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads))),
             "policy_std_mean": jnp.sum(jnp.exp(new_params["log_std"]) * self.mask) / jnp.maximum(self.mask.sum(), 1),
         }
         new_state = PolicyState(

@@ -1,0 +1,285 @@
+"""Algorithm 1 of the paper: one policy iteration as one jitted step, and the driver loop.
+
+One iteration, as data (DESIGN.md):
+
+    key --split--> k_ask, k_sim, k_init, k_train, k_amtm
+    search_state --ask--> psi [K, dim]
+    psi --simulator.sample (vmapped over K)--> data [K, M, ...]
+    data --task.train per candidate (strategy from lts_jax.parallel)--> mtm [K]
+    mtm --task.evaluate(D_val) per candidate--> reward [K], metrics
+    (psi, reward) --tell--> search_state', metrics
+
+With ``retain_mtm`` an accumulated main task model (AMTM) is also fine-tuned on
+all K data sets of every iteration and evaluated on D_val (and D_test when
+given); as in the paper it is reported, while the search still learns from the
+per-iteration MTM rewards. With ``keep_best_mtm`` the state keeps the MTM with
+the best validation reward seen so far (for "evaluate the best checkpoint on
+the test split").
+
+The driver (:func:`run_loop`) is plain Python around the jitted step: the key
+of iteration i is ``fold_in(base_key, i)``, so a run resumed from a saved state
+continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from lts_jax import parallel
+from lts_jax.search import SearchStrategy
+from lts_jax.simulator import Simulator
+from lts_jax.tasks import Task
+
+
+class NonFiniteError(FloatingPointError):
+    """A reward, loss or psi became NaN or infinite; the message names the iteration."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LTSConfig:
+    """Static configuration of one policy iteration.
+
+    Attributes:
+      num_candidates: K, psi samples per iteration (>= 1).
+      dataset_size: M, examples generated per candidate (>= 1).
+      mtm_epochs: xi, epochs of main task model training per iteration (>= 0).
+      retain_mtm: also train an accumulated MTM (AMTM) on every iteration's data.
+      keep_best_mtm: keep the MTM with the best validation reward in the state.
+      train_strategy: how the K trainings run (see lts_jax.parallel).
+      eval_strategy: how the K evaluations run.
+      common_mtm_init: the K per-iteration MTMs start from the same initial
+        weights (common random numbers: reward differences then come from the
+        data, not from the initialisation).
+      common_sim_key: the K candidates' data sets are sampled with the same
+        simulator key, so they differ only through psi (common random numbers
+        for the simulator; lowers the variance of the policy gradient).
+    """
+
+    num_candidates: int = 8
+    dataset_size: int = 100
+    mtm_epochs: int = 1
+    retain_mtm: bool = False
+    keep_best_mtm: bool = False
+    train_strategy: str = "auto"
+    eval_strategy: str = "vmap"
+    common_mtm_init: bool = True
+    common_sim_key: bool = False
+
+    def __post_init__(self):
+        checks = [
+            ("num_candidates", self.num_candidates >= 1, ">= 1"),
+            ("dataset_size", self.dataset_size >= 1, ">= 1"),
+            ("mtm_epochs", self.mtm_epochs >= 0, ">= 0"),
+        ]
+        for name, ok, accepted in checks:
+            if not ok:
+                raise ValueError(f"{name} = {getattr(self, name)} is out of range; accepted: {accepted}")
+        for name in ("train_strategy", "eval_strategy"):
+            value = getattr(self, name)
+            if value not in parallel.STRATEGIES:
+                raise ValueError(f"{name} = {value!r} is not one of {parallel.STRATEGIES}")
+
+
+@struct.dataclass
+class LTSState:
+    """Everything a run carries from one iteration to the next (one pytree)."""
+
+    iteration: jax.Array  # [] int32: iterations completed
+    search: Any  # the search strategy's state
+    amtm: Any = None  # the accumulated MTM's train state (retain_mtm), else None
+    best_mtm: Any = None  # the MTM with the best validation reward (keep_best_mtm), else None
+    best_mtm_reward: jax.Array = None  # []
+    best_mtm_iteration: jax.Array = None  # [] int32, -1 before any
+
+
+def init_state(
+    config: LTSConfig,
+    task: Task,
+    search: SearchStrategy,
+    key: jax.Array,
+    psi0: Any,
+) -> LTSState:
+    """The state before the first iteration. ``psi0`` [dim] is the search's initial point."""
+    k_search, k_amtm, k_best = jax.random.split(key, 3)
+    psi0 = jnp.asarray(search.spec.validate(psi0, what="initial psi"))
+    if psi0.ndim != 1:
+        raise ValueError(f"initial psi must have shape [{search.spec.dim}], got {list(psi0.shape)}")
+    return LTSState(
+        iteration=jnp.zeros((), jnp.int32),
+        search=search.init(k_search, psi0),
+        amtm=task.init(k_amtm) if config.retain_mtm else None,
+        best_mtm=task.init(k_best) if config.keep_best_mtm else None,
+        best_mtm_reward=jnp.array(-jnp.inf, jnp.float32),
+        best_mtm_iteration=jnp.array(-1, jnp.int32),
+    )
+
+
+def _mean_metrics(prefix: str, metrics: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-candidate scalar metrics [K] -> their mean, under ``prefix``."""
+    return {f"{prefix}{k}": jnp.mean(v) for k, v in metrics.items() if jnp.ndim(v) == 1}
+
+
+def make_step(
+    config: LTSConfig,
+    simulator: Simulator,
+    task: Task,
+    search: SearchStrategy,
+) -> Callable[..., tuple[LTSState, dict[str, jax.Array]]]:
+    """Returns the jitted ``step(state, key, val_data, test_data=None) -> (state, metrics)``.
+
+    ``val_data`` / ``test_data`` are the task's evaluation data (dicts of arrays);
+    they are arguments, not constants, so large validation sets are not baked
+    into the compiled program. Passing ``test_data`` also evaluates the K MTMs
+    (and the AMTM) on it; the step compiles once per structure (with and
+    without test data).
+
+    metrics: ``rewards`` [K], ``psi`` [K, dim] (the candidates), ``center`` [dim]
+    (the search's current answer after the update), the search's scalars
+    (reward_mean, reward_max, best_reward, baseline, ...), ``val_*`` / ``test_*``
+    means of the task's metrics over K, ``amtm_val_*`` / ``amtm_test_*``.
+    """
+    K, M, xi = config.num_candidates, config.dataset_size, config.mtm_epochs
+    if getattr(search, "spec", simulator.spec).dim != simulator.spec.dim:
+        raise ValueError(
+            f"the search works on psi of dim {search.spec.dim}, the simulator expects {simulator.spec.dim}"
+        )
+    train_strategy = getattr(task, "required_strategy", None) or config.train_strategy
+    eval_strategy = getattr(task, "required_strategy", None) or config.eval_strategy
+
+    def train_one(data, init_key, train_key):
+        return task.train(task.init(init_key), data, train_key, xi)
+
+    def evaluate_all(mtms, data):
+        return parallel.run_candidates(task.evaluate, eval_strategy, mtms, data, in_axes=(0, None))
+
+    def step(state: LTSState, key: jax.Array, val_data, test_data=None):
+        k_ask, k_sim, k_init, k_train, k_amtm = jax.random.split(key, 5)
+        psi = search.ask(k_ask, state.search, K)
+        if config.common_sim_key:
+            data = jax.vmap(simulator.sample, in_axes=(None, 0, None))(k_sim, psi, M)
+        else:
+            data = jax.vmap(simulator.sample, in_axes=(0, 0, None))(jax.random.split(k_sim, K), psi, M)
+
+        if config.common_mtm_init:
+            init_keys, init_axis = k_init, None
+        else:
+            init_keys, init_axis = jax.random.split(k_init, K), 0
+        mtms = parallel.run_candidates(
+            train_one, train_strategy, data, init_keys, jax.random.split(k_train, K), in_axes=(0, init_axis, 0)
+        )
+        val = evaluate_all(mtms, val_data)
+        rewards = val["reward"]
+        search_state, search_metrics = search.tell(state.search, psi, rewards)
+
+        metrics = {
+            "rewards": rewards,
+            "psi": psi,
+            "center": search.center(search_state),
+            **search_metrics,
+            **_mean_metrics("val_", val),
+        }
+        if test_data is not None:
+            metrics.update(_mean_metrics("test_", evaluate_all(mtms, test_data)))
+
+        new = state.replace(iteration=state.iteration + 1, search=search_state)
+        if config.retain_mtm:
+            # The AMTM sees every candidate's data of this iteration.
+            pooled = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), data)
+            amtm = task.train(state.amtm, pooled, k_amtm, xi)
+            metrics.update({f"amtm_val_{k}": v for k, v in task.evaluate(amtm, val_data).items()})
+            if test_data is not None:
+                metrics.update({f"amtm_test_{k}": v for k, v in task.evaluate(amtm, test_data).items()})
+            new = new.replace(amtm=amtm)
+        if config.keep_best_mtm:
+            i = jnp.argmax(rewards)
+            better = rewards[i] > state.best_mtm_reward
+            candidate = jax.tree_util.tree_map(lambda x: x[i], mtms)
+            new = new.replace(
+                best_mtm=jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), candidate, state.best_mtm),
+                best_mtm_reward=jnp.where(better, rewards[i], state.best_mtm_reward),
+                best_mtm_iteration=jnp.where(better, state.iteration, state.best_mtm_iteration),
+            )
+        return new, metrics
+
+    return jax.jit(step)
+
+
+def check_finite(iteration: int, metrics: Mapping[str, Any]) -> None:
+    """Raises NonFiniteError naming the iteration and the first non-finite metric."""
+    for name, value in metrics.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            if name == "best_reward" and np.all(np.isneginf(arr)):
+                continue
+            raise NonFiniteError(
+                f"iteration {iteration}: non-finite {name} = {arr.tolist() if arr.size < 16 else '...'}; "
+                "the run stopped (lower --policy_lr or --mtm_lr, or check the simulator's psi ranges)"
+            )
+
+
+def to_host(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Device metrics -> JSON-ready Python values (floats, lists)."""
+    out = {}
+    for k, v in jax.device_get(dict(metrics)).items():
+        arr = np.asarray(v)
+        out[k] = arr.item() if arr.ndim == 0 else arr.tolist()
+    return out
+
+
+Hook = Callable[[int, LTSState, dict[str, Any]], None]
+
+
+def run_loop(
+    step: Callable[..., tuple[LTSState, dict]],
+    state: LTSState,
+    base_key: jax.Array,
+    num_iterations: int,
+    val_data: Any,
+    *,
+    test_data: Any = None,
+    test_every: int = 0,
+    hooks: Iterable[Hook] = (),
+    should_stop: Callable[[], bool] = lambda: False,
+) -> LTSState:
+    """Runs iterations ``state.iteration .. num_iterations - 1``.
+
+    Each iteration uses ``fold_in(base_key, i)``, so resuming from a saved state
+    reproduces an uninterrupted run. Test data is evaluated on iterations where
+    ``test_every > 0`` and ``i % test_every == 0`` and on the last one. After
+    each iteration the host metrics (with ``iteration`` and ``time_s``) go to
+    every hook ``hook(i, state, metrics)``; ``should_stop()`` is polled between
+    iterations (e.g. set by a signal handler).
+    """
+    hooks = list(hooks)
+    start = int(state.iteration)
+    for i in range(start, num_iterations):
+        if should_stop():
+            break
+        t0 = time.perf_counter()
+        with_test = test_data is not None and test_every > 0 and (i % test_every == 0 or i == num_iterations - 1)
+        args = (val_data, test_data) if with_test else (val_data,)
+        state, metrics = step(state, jax.random.fold_in(base_key, i), *args)
+        host = to_host(metrics)
+        check_finite(i, host)
+        host["iteration"] = i
+        host["time_s"] = time.perf_counter() - t0
+        for hook in hooks:
+            hook(i, state, host)
+    return state
+
+
+def summarize_rewards(history: list[dict[str, Any]], key: str = "reward_mean") -> dict[str, float]:
+    """first / last / best of a metric over iterations (for results.json)."""
+    values = [h[key] for h in history if key in h and h[key] is not None and math.isfinite(h[key])]
+    if not values:
+        return {}
+    return {"first": values[0], "last": values[-1], "best": max(values)}

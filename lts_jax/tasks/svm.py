@@ -1,0 +1,70 @@
+"""An RBF-kernel SVM main task model (paper section 4.1), fitted on the host.
+
+scikit-learn's SVC cannot run inside jit, so the task's state is simply its
+training set (a pytree of arrays) and :meth:`SVMTask.evaluate` fits and scores
+on the host through the bridge (:func:`lts_jax.simulator.host_call`). Under
+``vmap`` over K candidates the bridge makes ONE host call that fits all K SVMs
+(in a thread pool: libsvm releases the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.svm import SVC
+
+from lts_jax.simulator import host_call
+
+
+def fit_svc(x: np.ndarray, y: np.ndarray, C: float = 1.0, gamma: float | str = "scale") -> SVC:
+    """An RBF SVC fitted on x [N, 2], y [N]. Host only, not jittable."""
+    return SVC(kernel="rbf", C=C, gamma=gamma).fit(np.asarray(x, np.float64), np.asarray(y))
+
+
+class SVMTask:
+    """RBF-SVM classification; reward = accuracy on the evaluation data.
+
+    Args:
+      train_size: M, the size of the training sets the state holds (static shapes).
+      C, gamma: SVC hyper-parameters.
+      threads: host threads fitting the K SVMs of one call (default: CPU count).
+    """
+
+    # The bridge must see all K candidates at once.
+    required_strategy = "vmap"
+
+    def __init__(self, train_size: int, C: float = 1.0, gamma: float | str = "scale", threads: int | None = None):
+        if train_size < 2:
+            raise ValueError(f"train_size must be >= 2 (one example per class), got {train_size}")
+        self.train_size = int(train_size)
+        self.C = float(C)
+        self.gamma = gamma
+        self.threads = threads or os.cpu_count() or 1
+        self.host_calls = 0  # how many times the host fitted (tests check one call per iteration)
+
+    def init(self, key: jax.Array) -> dict[str, jax.Array]:
+        del key
+        return {"x": jnp.zeros((self.train_size, 2), jnp.float32), "y": jnp.zeros((self.train_size,), jnp.int32)}
+
+    def train(self, state, data, key, epochs: int):
+        del state, key, epochs  # an SVM is fitted in one go, at evaluation, on the host
+        return {"x": data["x"], "y": data["y"]}
+
+    def _fit_score(self, train_x, train_y, eval_x, eval_y):
+        self.host_calls += 1
+
+        def one(b):
+            clf = fit_svc(train_x[b], train_y[b], self.C, self.gamma)
+            return float(np.mean(clf.predict(np.asarray(eval_x[b], np.float64)) == eval_y[b]))
+
+        with ThreadPoolExecutor(max_workers=min(self.threads, len(train_x))) as pool:
+            acc = np.array(list(pool.map(one, range(len(train_x)))), np.float32)
+        return {"reward": acc, "accuracy": acc}
+
+    def evaluate(self, state, data) -> dict[str, jax.Array]:
+        shapes = {"reward": jax.ShapeDtypeStruct((), jnp.float32), "accuracy": jax.ShapeDtypeStruct((), jnp.float32)}
+        return host_call(self._fit_score, shapes, state["x"], state["y"], data["x"], data["y"])
