@@ -119,7 +119,7 @@ class ParamSpec:
         }
         self.dim: int = int(offsets[-1])
         self._presets = {k: dict(v) for k, v in (presets or {}).items()}
-        for pname, values in self._presets.items():
+        for values in self._presets.values():
             self.from_natural(values)  # validate eagerly so a typo fails at definition
 
     # ----- structure -------------------------------------------------------------
