@@ -71,6 +71,7 @@ def interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         first[name] = time.perf_counter() - t0
+        print(f"#   {name}: first call (compilation) {first[name]:.1f}s", flush=True)
         jax.block_until_ready(fn())  # warm-up
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -104,12 +105,42 @@ def xla_flops_per_image(task: CountingTask, batch: int) -> float | None:
         return None
 
 
+class BarrierTask(CountingTask):
+    """Variant ``@barrier``: an optimization barrier between the minibatch gather and the model, so that the
+    uint8 -> float conversion can fuse into the first layer's matrix products (which read uint8) instead of
+    the gather writing a float copy of the batch. Results are identical."""
+
+    def train_step(self, state, inputs, counts, weights):
+        return super().train_step(state, jax.lax.optimization_barrier(inputs), counts, weights)
+
+
+def resolved_name(strategy: str) -> str:
+    base, at, variant = strategy.partition("@")
+    if base in ("dispatch", "bigbatch"):
+        return strategy
+    return parallel.resolve(base, phase="train") + at + variant
+
+
+def dataset_size(args) -> int:
+    return args.dataset_size or args.batch * args.steps
+
+
 def build_train(args, conv: str, dtype: str, k: int, strategy: str, data, keys):
-    """A callable running one timed unit (``args.steps`` minibatch steps for each of K candidates), and its
-    jitted function (for HLO dumps; None for ``dispatch``). States are threaded from call to call."""
-    b, s, m = args.batch, args.steps, args.batch * args.steps
-    common = dict(features=args.features, hidden=args.hidden, conv=conv, compute_dtype=dtype, unroll=args.unroll)
-    task = CountingTask(args.height, args.width, batch_size=b, **common)
+    """A callable running one timed unit (one epoch over ``dataset_size`` examples for each of K candidates),
+    and its jitted function (for HLO dumps; None for ``dispatch``). States are threaded from call to call.
+
+    ``strategy`` is an executor strategy, ``dispatch`` or ``bigbatch``, optionally with ``@variant``:
+    ``@barrier`` (:class:`BarrierTask`) or ``@unrollN`` (the training scan unrolled N steps).
+    """
+    strategy, _, variant = strategy.partition("@")
+    b, m = args.batch, dataset_size(args)
+    unroll = int(variant[len("unroll") :]) if variant.startswith("unroll") else args.unroll
+    cls = BarrierTask if variant == "barrier" else CountingTask
+    if variant and variant != "barrier" and not variant.startswith("unroll"):
+        raise ValueError(f"unknown variant {variant!r}")
+    common = dict(features=args.features, hidden=args.hidden, conv=conv, compute_dtype=dtype, unroll=unroll)
+    task = cls(args.height, args.width, batch_size=b, **common)
+    s = task.batching(m)[0]
     states = jax.vmap(task.init)(jax.random.split(jax.random.key(0), k))
 
     if strategy == "dispatch":
@@ -129,7 +160,7 @@ def build_train(args, conv: str, dtype: str, k: int, strategy: str, data, keys):
         return fn, None
 
     if strategy == "bigbatch":
-        big = CountingTask(args.height, args.width, batch_size=k * b, **common)
+        big = cls(args.height, args.width, batch_size=k * b, **common)
         pooled = jax.tree_util.tree_map(lambda x: x.reshape(k * m, *x.shape[2:]), data)
         train = jax.jit(lambda st, d, key: big.train(st, d, key, 1), donate_argnums=0)
         box = [big.init(jax.random.key(0))]
@@ -157,7 +188,8 @@ def build_train(args, conv: str, dtype: str, k: int, strategy: str, data, keys):
 
 def bench_train_group(args, conv: str, dtype: str, k: int, strategies, rng, profile_dir=None) -> list[dict]:
     """All strategies for one (conv, dtype, K), timed round-robin on the same data."""
-    m = args.batch * args.steps
+    m = dataset_size(args)
+    steps = CountingTask(args.height, args.width, batch_size=args.batch).batching(m)[0]
     data = make_data(jax.random.fold_in(rng, k), k, m, args.height, args.width)
     keys = jax.random.split(jax.random.key(1), k)
     fns, errors, jitted = {}, {}, {}
@@ -204,9 +236,9 @@ def bench_train_group(args, conv: str, dtype: str, k: int, strategies, rng, prof
         out.append(
             {
                 **base,
-                "resolved": parallel.resolve(strategy, phase="train") if strategy in parallel.STRATEGIES else strategy,
+                "resolved": resolved_name(strategy),
                 "images_per_s": k * m / med,
-                "step_ms": 1e3 * med / args.steps,
+                "step_ms": 1e3 * med / steps,
                 "tflops": flops / 1e12,
                 "peak_fraction": flops / peak if peak else None,
                 "first_call_s": first[strategy],
@@ -271,6 +303,9 @@ def main(argv=None):
     p.add_argument("--convs", type=csv(str), default=["patch"])
     p.add_argument("--eval_strategies", type=csv(str), default=[])
     p.add_argument("--steps", type=int, default=20, help="minibatch steps per timed call (data set = steps x batch)")
+    p.add_argument(
+        "--dataset_size", type=int, default=0, help="M per candidate (one epoch per call); overrides --steps"
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--height", type=int, default=96)
     p.add_argument("--width", type=int, default=320)
@@ -282,6 +317,7 @@ def main(argv=None):
     p.add_argument("--eval_batch", type=int, default=256)
     p.add_argument("--max_loop_k", type=int, default=32, help="skip 'loop' (K copies compiled) above this K")
     p.add_argument("--max_dispatch_k", type=int, default=64, help="skip 'dispatch' above this K")
+    p.add_argument("--skip", type=csv(str), default=[], help="K:strategy pairs not to run, e.g. 1:loop,1:map")
     p.add_argument("--profile_dir", default="")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
@@ -323,9 +359,11 @@ def main(argv=None):
                 strategies = [
                     st
                     for st in args.strategies
-                    if not (st == "loop" and k > args.max_loop_k) and not (st == "dispatch" and k > args.max_dispatch_k)
+                    if not (st == "loop" and k > args.max_loop_k)
+                    and not (st == "dispatch" and k > args.max_dispatch_k)
+                    and f"{k}:{st}" not in args.skip
                 ]
-                for r in bench_train_group(args, conv, dtype, k, strategies, rng, profile_dir):
+                for r in bench_train_group(args, conv, dtype, k, strategies, rng, profile_dir) if strategies else []:
                     report["results"].append(r)
                     if "error" in r:
                         print(f"{conv:8s} {dtype:9s} K={k:<3d} {r['strategy']:9s} ERROR {r['error'][:300]}")
@@ -340,7 +378,8 @@ def main(argv=None):
                 save()
                 sys.stdout.flush()
                 if args.eval_strategies:
-                    for r in bench_eval_group(args, conv, dtype, k, args.eval_strategies, rng):
+                    evals = [st for st in args.eval_strategies if not (st == "loop" and k > args.max_loop_k)]
+                    for r in bench_eval_group(args, conv, dtype, k, evals, rng):
                         report["results"].append(r)
                         print(
                             f"{conv:8s} {dtype:9s} K={k:<3d} eval:{r['strategy']:9s} {r['images_per_s']:>11,.0f} img/s "

@@ -150,6 +150,11 @@ def test_task_declarations():
     assert parallel.strategy_for(picky, "loop", "train") == "loop"
     assert parallel.strategy_for(picky, "auto", "evaluate", backend="cpu") == parallel.AUTO["cpu"]["evaluate"]
     assert parallel.strategy_for(object(), "auto", "train", backend="gpu") == parallel.AUTO["gpu"]["train"]
+    convs = _Declares(preferred_strategy={"gpu": {"train": "loop"}, "cpu": "map"})
+    assert parallel.strategy_for(convs, "auto", "train", backend="cuda") == "loop"
+    assert parallel.strategy_for(convs, "auto", "evaluate", backend="gpu") == parallel.AUTO["gpu"]["evaluate"]
+    assert parallel.strategy_for(convs, "auto", "evaluate", backend="cpu") == "map"
+    assert parallel.strategy_for(convs, "auto", "train", backend="tpu") == parallel.AUTO["tpu"]["train"]
 
 
 def test_required_vmap_reaches_the_function_once():
