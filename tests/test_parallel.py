@@ -9,9 +9,11 @@ from lts_jax import parallel
 from lts_jax.tasks.counting import CountingTask
 
 K, M, H, W = 4, 12, 8, 8
-# bf16 compute differs between strategies only through the order of float32 accumulations inside the
-# matrix products (batched vs separate); after 6 Adam steps on this tiny CNN the parameters agree to:
-BF16_PARAM_ATOL = 3e-2
+# bf16 tolerance. Strategies differ only in how the backend accumulates inside the matrix products
+# (batched vs separate GEMMs), which in bf16 can flip the sign of tiny gradient entries. Adam moves a
+# parameter by at most ~lr per step, so after 6 steps two runs can differ by up to 2 * lr * 6 = 1.2e-2 in a
+# parameter; the validation L1 is held to 2%. On the CPU backend they agree to 1e-7.
+BF16_PARAM_ATOL = 2 * 1e-3 * 6
 BF16_REWARD_RTOL = 2e-2
 # XLA's CPU backend optimisations only cost compile time here (semantics are unchanged); tests stay fast.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
