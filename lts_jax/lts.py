@@ -70,7 +70,7 @@ class LTSConfig:
     retain_mtm: bool = False
     keep_best_mtm: bool = False
     train_strategy: str = "auto"
-    eval_strategy: str = "vmap"
+    eval_strategy: str = "auto"
     common_mtm_init: bool = True
     common_sim_key: bool = False
 
@@ -85,8 +85,10 @@ class LTSConfig:
                 raise ValueError(f"{name} = {getattr(self, name)} is out of range; accepted: {accepted}")
         for name in ("train_strategy", "eval_strategy"):
             value = getattr(self, name)
-            if value not in parallel.STRATEGIES:
-                raise ValueError(f"{name} = {value!r} is not one of {parallel.STRATEGIES}")
+            try:
+                parallel.resolve(value)
+            except ValueError:
+                raise ValueError(f"{name} = {value!r} is not one of {parallel.STRATEGIES} or 'map:B'") from None
 
 
 @struct.dataclass
@@ -152,14 +154,15 @@ def make_step(
         raise ValueError(
             f"the search works on psi of dim {search.spec.dim}, the simulator expects {simulator.spec.dim}"
         )
-    train_strategy = getattr(task, "required_strategy", None) or config.train_strategy
-    eval_strategy = getattr(task, "required_strategy", None) or config.eval_strategy
+    # The task may require a strategy (host tasks: vmap) or prefer one for "auto" (measured per backend).
+    train_strategy = parallel.strategy_for(task, config.train_strategy, "train")
+    eval_strategy = parallel.strategy_for(task, config.eval_strategy, "evaluate")
 
     def train_one(data, init_key, train_key):
         return task.train(task.init(init_key), data, train_key, xi)
 
     def evaluate_all(mtms, data):
-        return parallel.run_candidates(task.evaluate, eval_strategy, mtms, data, in_axes=(0, None))
+        return parallel.run_candidates(task.evaluate, eval_strategy, mtms, data, in_axes=(0, None), phase="evaluate")
 
     def step(state: LTSState, key: jax.Array, val_data, test_data=None):
         k_ask, k_sim, k_init, k_train, k_amtm = jax.random.split(key, 5)
