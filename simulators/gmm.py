@@ -28,13 +28,13 @@ from lts_jax import params
 REAL_COMPONENTS = np.array(
     [
         # class 0: quadrant I (two components) and quadrant III
-        [0, 2.5, 4.5, 1.0],
-        [0, 4.5, 2.0, 1.0],
-        [0, -3.5, -3.5, 1.0],
+        [0, 2.5, 4.5, 0.85],
+        [0, 4.5, 2.0, 0.85],
+        [0, -3.5, -3.5, 0.85],
         # class 1: quadrant II (two components) and quadrant IV
-        [1, -4.5, 2.5, 1.0],
-        [1, -2.0, 4.5, 1.0],
-        [1, 3.5, -3.5, 1.0],
+        [1, -4.5, 2.5, 0.85],
+        [1, -2.0, 4.5, 0.85],
+        [1, 3.5, -3.5, 0.85],
     ],
     np.float32,
 )
