@@ -36,3 +36,58 @@ CAMERA_X = LANE_WIDTH / 2  # centre of the right lane
 CAMERA_Z = -2.0  # the camera stands a little before the first block
 # KITTI's colour camera: fx = 721.5 px at 1242 px image width (81 degrees horizontal FOV).
 KITTI_FX_OVER_WIDTH = 721.5377 / 1242.0
+
+# ----------------------------------------------------------------------------------
+# Added with the pure-JAX renderer (issue 3). Existing names above are unchanged.
+# ----------------------------------------------------------------------------------
+# KITTI's principal point row: cy = 172.854 px of 375 (the horizon of a level camera
+# sits at this fraction of the image height, a little above the middle).
+KITTI_CY_OVER_HEIGHT = 172.854 / 375.0
+
+# Intersection at z_I = road_length * BLOCK_LENGTH (as the CARLA layouts build it):
+# - L: the road bends LEFT through a quarter circle whose centre-line radius is
+#   BEND_RADIUS, centred at (x, z) = (-BEND_RADIUS, z_I); then it runs along -x.
+# - T, X: a crossing road occupies z in [z_I, z_I + ROAD_WIDTH], legs to both sides
+#   up to |x| = ROAD_WIDTH / 2 + SIDE_ROAD_LENGTH; X also continues ahead for
+#   SIDE_ROAD_LENGTH beyond the crossing.
+# Every road has a sidewalk (SIDEWALK_WIDTH) on each side.
+BEND_RADIUS = 8.0
+L_TURN = "left"
+
+# Houses: a house of block b on side s spans |x| in [HOUSE_X0, HOUSE_X0 + HOUSE_DEPTH],
+# z in [b * BLOCK_LENGTH + HOUSE_GAP / 2, (b + 1) * BLOCK_LENGTH - HOUSE_GAP / 2];
+# house_height is the height of its walls (eaves); a gable roof with its ridge along
+# z over the middle of the house rises HOUSE_ROOF_HEIGHT above the eaves.
+HOUSE_X0 = ROAD_WIDTH / 2 + SIDEWALK_WIDTH + HOUSE_SETBACK  # 7.0
+HOUSE_GAP = 0.4
+HOUSE_ROOF_HEIGHT = 2.5
+HOUSE_HEIGHT_RANGE = (7.0, 14.0)  # uniform eave heights, metres
+
+# The row of houses across the end of the road (facing the camera), beyond the far
+# sidewalk of the crossing road: END_HOUSE_COUNT houses of END_HOUSE_WIDTH centred
+# at x = END_HOUSE_WIDTH * (j - END_HOUSE_COUNT // 2); fronts at z_I + END_ROW_Z[type].
+# For X the houses with |centre| <= END_HOUSE_WIDTH are absent (the road goes on).
+END_HOUSE_COUNT = 13
+END_HOUSE_WIDTH = 7.0
+END_ROW_Z = (
+    BEND_RADIUS + ROAD_WIDTH / 2 + SIDEWALK_WIDTH + HOUSE_SETBACK,  # L: beyond the bend's outer sidewalk
+    ROAD_WIDTH + SIDEWALK_WIDTH + HOUSE_SETBACK,  # T
+    ROAD_WIDTH + SIDEWALK_WIDTH + HOUSE_SETBACK,  # X
+)
+
+# Street furniture and vegetation (one slot per block and side).
+TREE_X = ROAD_WIDTH / 2 + SIDEWALK_WIDTH + 0.5  # |x| of tree trunks: 6.5, in the strip before the houses
+TREE_RADIUS_RANGE = (1.6, 2.6)  # crown radius (the crown is an ellipsoid 1.15 times taller)
+TREE_CROWN_HEIGHT_RANGE = (4.0, 6.0)  # height of the crown's centre
+POLE_X = ROAD_WIDTH / 2 + SIDEWALK_WIDTH - 0.3  # |x| of lamp poles: 5.7, at the sidewalk's outer edge
+POLE_HEIGHT = 6.5
+
+# Far tree line / skyline around the scene: a wall at |x| = BACKDROP_X and at
+# z = z_I + BACKDROP_Z, with a profile of heights (vegetation, some distant buildings).
+BACKDROP_X = 50.0
+BACKDROP_Z = ROAD_WIDTH + SIDE_ROAD_LENGTH + 8.0
+
+# A car counts as visible when at least this many of its pixels are, at the
+# reference image size; the renderer scales it with the image area.
+MIN_VISIBLE_PIXELS = 10
+REFERENCE_SIZE = (96, 320)

@@ -1,0 +1,304 @@
+"""Scene model S(rho | psi) and rendering settings P(phi | psi) of the traffic simulator.
+
+The parameters psi (a :class:`lts_jax.params.ParamSpec`, see :func:`make_spec`)
+become a *scene description*: a dict of plain arrays that fully determines the
+image, so the pure-JAX renderer (``render.py``) and a host renderer (the CARLA
+backend, ``simulators/carla``) draw the very same scene. Sampling is ancestral and
+pure JAX (jittable, vmappable over (key, psi)).
+
+World frame (``layout.py``): metres, x right, y up, z forward along the road;
+ground y = 0; the straight road is |x| <= ROAD_WIDTH / 2 from z = 0 to the
+intersection at z_I = road_length * BLOCK_LENGTH; block b spans
+z in [b * BLOCK_LENGTH, (b + 1) * BLOCK_LENGTH].
+
+Scene dict (every entry has a leading axis ``num``; B = layout.MAX_BLOCKS = 18,
+E = layout.END_HOUSE_COUNT = 13; "side" 0 is left (x < 0), 1 right (x > 0)):
+
+  Contract shared with the CARLA backend
+  - ``road_length``   int32 []        blocks to the intersection, 8..18.
+  - ``intersection``  int32 []        0 L (left bend), 1 T, 2 X (layout.INTERSECTIONS).
+  - ``car_present``   bool [B]        one car slot per block; False for b >= road_length.
+  - ``car_type``      int32 [B]       0..4, layout.CAR_TYPES (sampled for every slot).
+  - ``car_lane``      int32 [B]       0 right lane heading +z, 1 oncoming lane heading -z (uniform).
+  - ``car_pos``       float32 [B, 2]  world (x, z) of the car's centre on the ground:
+                                      x = lane centre (+-LANE_WIDTH / 2) + U(-CAR_X_JITTER, CAR_X_JITTER),
+                                      z = (b + 0.5) * BLOCK_LENGTH + U(-CAR_Z_JITTER, CAR_Z_JITTER).
+                                      The jitters keep every car inside its lane and its block, so cars
+                                      in lower blocks are always nearer the camera.
+  - ``car_heading``   float32 [B]     radians about +y, 0 = facing +z, positive turns towards +x:
+                                      0 (lane 0) or pi (lane 1) + U(-CAR_HEADING_JITTER, CAR_HEADING_JITTER).
+  - ``car_color``     float32 [B, 3]  body colour, sRGB in [0, 1]: a colour of the type's palette
+                                      (CAR_PALETTES) plus ``car_color_spread`` jitter.
+  - ``house_present`` bool [B, 2]     a house on the lot of block b, side s; False for b >= road_length.
+  - ``house_height``  float32 [B, 2]  eave height (walls), uniform in layout.HOUSE_HEIGHT_RANGE; the
+                                      gable roof adds layout.HOUSE_ROOF_HEIGHT (see layout.py for extents).
+  - ``weather``       int32 []        0 clear, 1 overcast, 2 rain, 3 fog (layout.WEATHERS).
+  - ``camera_height`` float32 []      metres; layout.CAMERA_HEIGHT + jitter (``camera_jitter``).
+  - ``camera_pitch``  float32 []      radians, positive looks DOWN; 0 + jitter (``camera_jitter``).
+  - ``sun_dir``       float32 [3]     unit vector from the scene towards the sun (``sun``).
+
+  Extras drawn by the pure-JAX renderer (a host renderer may ignore them)
+  - ``house_color``     float32 [B, 2, 3]  facade colour, sRGB.
+  - ``roof_color``      float32 [B, 2, 3]  roof colour, sRGB.
+  - ``tree_present``    bool [B, 2]        a tree at |x| = layout.TREE_X (probability TREE_PROB_NO_HOUSE
+                                           on an empty lot, TREE_PROB_WITH_HOUSE in front of a house).
+  - ``tree_z``          float32 [B, 2]     z of the trunk: (b + 0.5) * BLOCK_LENGTH + U(-1.5, 1.5).
+  - ``tree_radius``     float32 [B, 2]     crown radius, layout.TREE_RADIUS_RANGE (crown 1.15x taller).
+  - ``tree_height``     float32 [B, 2]     height of the crown's centre, layout.TREE_CROWN_HEIGHT_RANGE.
+  - ``pole_present``    bool [B, 2]        a lamp pole at |x| = layout.POLE_X, z = b * BLOCK_LENGTH + 0.6.
+  - ``end_present``     bool [E]           houses across the end of the road (layout.END_HOUSE_*),
+                                           Bernoulli(house probability); never in the X's gap.
+  - ``end_height``      float32 [E]        their eave heights.
+  - ``end_color``       float32 [E, 3]     their facade colours.
+  - ``seed``            uint32 []          texture seed (noise patterns, skyline profile).
+
+Blocks at index >= road_length have no car, house, tree or pole.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lts_jax import params as P
+from simulators.traffic import layout as L
+
+B = L.MAX_BLOCKS
+E = L.END_HOUSE_COUNT
+
+# Car placement jitter (uniform half-widths).
+CAR_X_JITTER = 0.45  # metres across the lane
+CAR_Z_JITTER = 0.3  # metres along the road; with the longest car (5.2 m) every car stays in its block
+CAR_HEADING_JITTER = 0.05  # radians
+
+# Rendering blocks are Gaussians in documented units; samples are clipped to
+# +-CLIP_UNITS so the renderer's static bounds (view culling) always hold.
+CLIP_UNITS = 3.0
+CAMERA_HEIGHT_UNIT = 0.05  # metres per unit of camera_jitter[height]
+CAMERA_PITCH_UNIT = 0.01  # radians per unit of camera_jitter[pitch]
+SUN_AZIMUTH_BASE, SUN_AZIMUTH_UNIT = 120.0, 50.0  # degrees; azimuth 0 = ahead (+z), 90 = right (+x)
+SUN_ELEVATION_BASE, SUN_ELEVATION_UNIT = 45.0, 10.0  # degrees
+SUN_ELEVATION_RANGE = (25.0, 75.0)  # clipped (bounds shadow lengths)
+CAR_COLOR_UNIT = 0.05  # sRGB offset per unit of car_color_spread, per channel
+
+TREE_PROB_NO_HOUSE = 0.7
+TREE_PROB_WITH_HOUSE = 0.25
+POLE_PROB = 0.3
+
+# Per-type body colour palettes (sRGB), 6 entries each, drawn uniformly.
+CAR_PALETTES = np.array(
+    [
+        # sedan: silver, black, dark blue, white, dark grey, dark red
+        [[0.62, 0.63, 0.65], [0.07, 0.07, 0.08], [0.10, 0.14, 0.28], [0.86, 0.86, 0.86], [0.28, 0.29, 0.31],
+         [0.38, 0.06, 0.07]],
+        # hatchback: red, white, light blue, yellow, silver, green
+        [[0.70, 0.10, 0.08], [0.88, 0.88, 0.87], [0.35, 0.52, 0.72], [0.88, 0.72, 0.12], [0.66, 0.67, 0.68],
+         [0.16, 0.38, 0.22]],
+        # suv: black, dark grey, silver, white, dark green, brown
+        [[0.06, 0.06, 0.07], [0.22, 0.23, 0.25], [0.58, 0.59, 0.61], [0.84, 0.84, 0.83], [0.11, 0.21, 0.16],
+         [0.32, 0.22, 0.14]],
+        # van: mostly white, silver, cream, light blue
+        [[0.90, 0.90, 0.88], [0.92, 0.92, 0.90], [0.88, 0.89, 0.89], [0.70, 0.71, 0.72], [0.86, 0.81, 0.58],
+         [0.56, 0.70, 0.84]],
+        # pickup: red, dark blue, black, tan, white, orange
+        [[0.58, 0.08, 0.06], [0.11, 0.16, 0.36], [0.07, 0.07, 0.07], [0.62, 0.52, 0.36], [0.86, 0.86, 0.85],
+         [0.82, 0.42, 0.10]],
+    ],
+    np.float32,
+)  # fmt: skip
+
+# Facade and roof palettes (sRGB): plaster, cream, grey, brick, sandstone, white.
+HOUSE_PALETTE = np.array(
+    [[0.78, 0.72, 0.62], [0.86, 0.82, 0.70], [0.62, 0.62, 0.60], [0.58, 0.33, 0.25], [0.74, 0.60, 0.45],
+     [0.90, 0.89, 0.86], [0.70, 0.66, 0.58], [0.80, 0.62, 0.52]],
+    np.float32,
+)  # fmt: skip
+ROOF_PALETTE = np.array(
+    [[0.42, 0.18, 0.13], [0.30, 0.30, 0.32], [0.50, 0.25, 0.16], [0.22, 0.22, 0.24]], np.float32
+)
+
+
+def make_spec(learn_intersection: bool = False) -> P.ParamSpec:
+    """The traffic simulator's ParamSpec (blocks in psi order) and its presets.
+
+    Blocks:
+      road_length       categorical 11 ("8".."18"): blocks from the camera to the intersection.
+      intersection      categorical 3 (L, T, X); frozen unless ``learn_intersection``.
+      car_presence      bernoulli 1: each block's car slot is filled with this probability.
+      car_type          categorical 5 (layout.CAR_TYPES).
+      house_presence    bernoulli 1: each lot (block, side) has a house with this probability.
+      weather           categorical 4 (layout.WEATHERS).
+      camera_jitter     gaussian 2 (height, pitch), frozen; per image, in units of CAMERA_HEIGHT_UNIT
+                        metres and CAMERA_PITCH_UNIT radians, clipped to +-CLIP_UNITS.
+      sun               gaussian 2 (azimuth, elevation), frozen; per image, azimuth =
+                        SUN_AZIMUTH_BASE + SUN_AZIMUTH_UNIT * x degrees, elevation = SUN_ELEVATION_BASE +
+                        SUN_ELEVATION_UNIT * x degrees clipped to SUN_ELEVATION_RANGE.
+      car_color_spread  gaussian 1, frozen; per car and channel, an sRGB offset of CAR_COLOR_UNIT * x.
+    The neutral psi (zeros) is a sensible default: uniform categoricals, p = 0.5,
+    and unit-variance jitter on the frozen rendering blocks.
+    """
+    blocks = [
+        P.categorical("road_length", labels=[str(n) for n in range(L.MIN_BLOCKS, L.MAX_BLOCKS + 1)]),
+        P.categorical("intersection", labels=list(L.INTERSECTIONS), frozen=not learn_intersection),
+        P.bernoulli("car_presence"),
+        P.categorical("car_type", labels=list(L.CAR_TYPES)),
+        P.bernoulli("house_presence"),
+        P.categorical("weather", labels=list(L.WEATHERS)),
+        P.gaussian("camera_jitter", 2, labels=["height", "pitch"], frozen=True),
+        P.gaussian("sun", 2, labels=["azimuth", "elevation"], frozen=True),
+        P.gaussian("car_color_spread", 1, frozen=True),
+    ]
+    return P.ParamSpec(blocks, PRESETS)
+
+
+# Named points of psi (natural values; omitted blocks are neutral: see make_spec).
+PRESETS = {
+    # Everything neutral: uniform lengths, intersections, car types, weathers; p = 0.5.
+    "default": {},
+    # psi_real of PAPER.md sections 4.3-4.4: moderately crowded, unbalanced car types,
+    # random (uniform) intersections and road lengths, houses on the side, mostly fair weather.
+    "val": {
+        "road_length": [1.0] * L.NUM_LENGTHS,
+        "intersection": [1.0, 1.0, 1.0],
+        "car_presence": 0.6,
+        "car_type": {"sedan": 0.40, "hatchback": 0.25, "suv": 0.15, "van": 0.12, "pickup": 0.08},
+        "house_presence": 0.8,
+        "weather": {"clear": 0.40, "overcast": 0.30, "rain": 0.15, "fog": 0.15},
+    },
+    # A deliberately poor start: the shortest road, almost no cars, one car type
+    # (pickup), one weather (fog), few houses.
+    "adversarial": {
+        "road_length": {"8": 1.0},
+        "car_presence": 0.05,
+        "car_type": {"pickup": 1.0},
+        "house_presence": 0.1,
+        "weather": {"fog": 1.0},
+    },
+}
+
+
+def _bernoulli(key, logit, shape):
+    # Comparing logistic noise with the logit keeps extreme logits exact: a logit of
+    # -30 never fires and +30 always does (float32 logistic samples stay within +-17).
+    return jax.random.logistic(key, shape) < logit
+
+
+def _uniform(key, shape, lo, hi):
+    return jax.random.uniform(key, shape, jnp.float32, lo, hi)
+
+
+def sample_scenes(spec: P.ParamSpec, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
+    """Samples ``num`` scene descriptions (see the module docstring) from psi.
+
+    Args:
+      spec: the ParamSpec of :func:`make_spec` (static).
+      key: a typed PRNG key.
+      psi: float32 [spec.dim]. Jittable: values are not checked here (see
+        ``TrafficSimulator.check_psi`` for the host-side check).
+      num: number of scenes (static).
+
+    Returns:
+      the scene dict, every entry with leading axis ``num``.
+    """
+    psi = jnp.asarray(psi, jnp.float32)
+    raw = spec.split(psi)
+    ks = iter(jax.random.split(key, 32))
+    n = num
+
+    road_length = jax.random.categorical(next(ks), raw["road_length"], shape=(n,)).astype(jnp.int32) + L.MIN_BLOCKS
+    intersection = jax.random.categorical(next(ks), raw["intersection"], shape=(n,)).astype(jnp.int32)
+    weather = jax.random.categorical(next(ks), raw["weather"], shape=(n,)).astype(jnp.int32)
+    in_road = jnp.arange(B)[None, :] < road_length[:, None]  # [n, B]
+
+    # Cars.
+    car_present = _bernoulli(next(ks), raw["car_presence"][0], (n, B)) & in_road
+    car_type = jax.random.categorical(next(ks), raw["car_type"], shape=(n, B)).astype(jnp.int32)
+    car_lane = jax.random.bernoulli(next(ks), 0.5, (n, B)).astype(jnp.int32)
+    lane_x = jnp.where(car_lane == 0, L.LANE_WIDTH / 2, -L.LANE_WIDTH / 2)
+    car_x = lane_x + _uniform(next(ks), (n, B), -CAR_X_JITTER, CAR_X_JITTER)
+    car_z = (jnp.arange(B) + 0.5) * L.BLOCK_LENGTH + _uniform(next(ks), (n, B), -CAR_Z_JITTER, CAR_Z_JITTER)
+    car_pos = jnp.stack([car_x, car_z], axis=-1)
+    car_heading = jnp.where(car_lane == 0, 0.0, jnp.pi) + _uniform(
+        next(ks), (n, B), -CAR_HEADING_JITTER, CAR_HEADING_JITTER
+    )
+    pal_idx = jax.random.randint(next(ks), (n, B), 0, CAR_PALETTES.shape[1])
+    base_color = jnp.asarray(CAR_PALETTES)[car_type, pal_idx]  # [n, B, 3]
+    spread = raw["car_color_spread"]
+    cz = spread[0] + jnp.sqrt(jnp.exp(spread[1])) * jax.random.normal(next(ks), (n, B, 3))
+    car_color = jnp.clip(base_color + CAR_COLOR_UNIT * jnp.clip(cz, -CLIP_UNITS, CLIP_UNITS), 0.0, 1.0)
+
+    # Houses on the lots beside the straight road.
+    house_logit = raw["house_presence"][0]
+    house_present = _bernoulli(next(ks), house_logit, (n, B, 2)) & in_road[:, :, None]
+    house_height = _uniform(next(ks), (n, B, 2), *L.HOUSE_HEIGHT_RANGE)
+    hp = jnp.asarray(HOUSE_PALETTE)
+    house_color = hp[jax.random.randint(next(ks), (n, B, 2), 0, hp.shape[0])]
+    house_color = jnp.clip(house_color * _uniform(next(ks), (n, B, 2, 1), 0.9, 1.08), 0.0, 1.0)
+    rp = jnp.asarray(ROOF_PALETTE)
+    roof_color = rp[jax.random.randint(next(ks), (n, B, 2), 0, rp.shape[0])]
+
+    # Trees and poles.
+    tree_p = jnp.where(house_present, TREE_PROB_WITH_HOUSE, TREE_PROB_NO_HOUSE)
+    tree_present = (_uniform(next(ks), (n, B, 2), 0.0, 1.0) < tree_p) & in_road[:, :, None]
+    tree_z = (jnp.arange(B)[None, :, None] + 0.5) * L.BLOCK_LENGTH + _uniform(next(ks), (n, B, 2), -1.5, 1.5)
+    tree_radius = _uniform(next(ks), (n, B, 2), *L.TREE_RADIUS_RANGE)
+    tree_height = _uniform(next(ks), (n, B, 2), *L.TREE_CROWN_HEIGHT_RANGE)
+    pole_present = jax.random.bernoulli(next(ks), POLE_PROB, (n, B, 2)) & in_road[:, :, None]
+
+    # The row of houses across the end of the road.
+    centres = L.END_HOUSE_WIDTH * (jnp.arange(E) - E // 2)
+    gap = (intersection[:, None] == 2) & (jnp.abs(centres)[None, :] <= L.END_HOUSE_WIDTH + 1e-3)
+    end_present = _bernoulli(next(ks), house_logit, (n, E)) & ~gap
+    end_height = _uniform(next(ks), (n, E), *L.HOUSE_HEIGHT_RANGE)
+    end_color = hp[jax.random.randint(next(ks), (n, E), 0, hp.shape[0])]
+
+    # Rendering settings.
+    cam = raw["camera_jitter"]
+    cam_units = jnp.clip(cam[:2] + jnp.sqrt(jnp.exp(cam[2:])) * jax.random.normal(next(ks), (n, 2)),
+                         -CLIP_UNITS, CLIP_UNITS)  # fmt: skip
+    camera_height = L.CAMERA_HEIGHT + CAMERA_HEIGHT_UNIT * cam_units[:, 0]
+    camera_pitch = CAMERA_PITCH_UNIT * cam_units[:, 1]
+    sun = raw["sun"]
+    sun_units = jnp.clip(sun[:2] + jnp.sqrt(jnp.exp(sun[2:])) * jax.random.normal(next(ks), (n, 2)),
+                         -CLIP_UNITS, CLIP_UNITS)  # fmt: skip
+    az = jnp.deg2rad(SUN_AZIMUTH_BASE + SUN_AZIMUTH_UNIT * sun_units[:, 0])
+    el = jnp.deg2rad(jnp.clip(SUN_ELEVATION_BASE + SUN_ELEVATION_UNIT * sun_units[:, 1], *SUN_ELEVATION_RANGE))
+    sun_dir = jnp.stack([jnp.cos(el) * jnp.sin(az), jnp.sin(el), jnp.cos(el) * jnp.cos(az)], axis=-1)
+    seed = jax.random.bits(next(ks), (n,), jnp.uint32)
+
+    return {
+        "road_length": road_length,
+        "intersection": intersection,
+        "car_present": car_present,
+        "car_type": car_type,
+        "car_lane": car_lane,
+        "car_pos": car_pos.astype(jnp.float32),
+        "car_heading": car_heading.astype(jnp.float32),
+        "car_color": car_color.astype(jnp.float32),
+        "house_present": house_present,
+        "house_height": house_height,
+        "weather": weather,
+        "camera_height": camera_height.astype(jnp.float32),
+        "camera_pitch": camera_pitch.astype(jnp.float32),
+        "sun_dir": sun_dir.astype(jnp.float32),
+        "house_color": house_color.astype(jnp.float32),
+        "roof_color": roof_color.astype(jnp.float32),
+        "tree_present": tree_present,
+        "tree_z": tree_z.astype(jnp.float32),
+        "tree_radius": tree_radius,
+        "tree_height": tree_height,
+        "pole_present": pole_present,
+        "end_present": end_present,
+        "end_height": end_height,
+        "end_color": end_color.astype(jnp.float32),
+        "seed": seed,
+    }
+
+
+# Static bounds the renderer's view culling relies on (the sampler guarantees them).
+CAMERA_HEIGHT_BOUNDS = (
+    L.CAMERA_HEIGHT - CLIP_UNITS * CAMERA_HEIGHT_UNIT,
+    L.CAMERA_HEIGHT + CLIP_UNITS * CAMERA_HEIGHT_UNIT,
+)
+CAMERA_PITCH_BOUND = CLIP_UNITS * CAMERA_PITCH_UNIT
