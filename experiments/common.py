@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from lts_jax import experiment, lts, parallel, policy, search
+from lts_jax import checkpoint, experiment, lts, parallel, policy, search
 from lts_jax.params import ParamSpec
 
 SEARCHES = ("lts", "fixed", "random_params", "random_search")
@@ -43,15 +44,32 @@ TRAIN_STRATEGY = flags.DEFINE_string(
     "train_strategy", "auto", f"How the K MTM trainings run: {', '.join(parallel.STRATEGIES)}."
 )
 EVAL_STRATEGY = flags.DEFINE_string(
-    "eval_strategy", "vmap", f"How the K MTM evaluations run: {', '.join(parallel.STRATEGIES)}."
+    "eval_strategy", "auto", f"How the K MTM evaluations run: {', '.join(parallel.STRATEGIES)}."
 )
 COMMON_SIM_KEY = flags.DEFINE_bool(
     "common_sim_key", False, "Sample the K candidates' data with one simulator key (common random numbers)."
 )
 TEST_EVERY = flags.DEFINE_integer("test_every", 0, "Evaluate on the test set every N iterations (0: only at the end).")
-OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the results of a finished run in --workdir.")
-PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress line (only when stderr is a terminal).")
-LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Without a terminal, print a progress line every N iterations.")
+OVERWRITE = flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Remove the run in --workdir (metrics, checkpoints, results) and start over. Without it a re-run resumes an "
+    "unfinished run, extends a finished one when --num_iterations is raised, or reports it complete.",
+)
+PROGRESS = flags.DEFINE_bool(
+    "progress", True, "Show a progress line (live only when stderr is a terminal); --noprogress: none at all."
+)
+LOG_EVERY = flags.DEFINE_integer(
+    "log_every", 10, "Without a terminal, print a progress line every N iterations (0: never)."
+)
+CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every",
+    experiment.DEFAULT_CHECKPOINT_EVERY,
+    "Save a checkpoint of the whole run state every N iterations (0: only at the end and when stopped).",
+)
+KEEP_CHECKPOINTS = flags.DEFINE_integer(
+    "keep_checkpoints", experiment.DEFAULT_KEEP_CHECKPOINTS, "How many of the newest checkpoints to keep."
+)
 
 
 def set_defaults(**defaults: Any) -> None:
@@ -98,6 +116,8 @@ def validate_shared(searches: tuple[str, ...] = SEARCHES) -> None:
     check(EVAL_STRATEGY.value in parallel.STRATEGIES, "eval_strategy", EVAL_STRATEGY.value, str(parallel.STRATEGIES))
     check(TEST_EVERY.value >= 0, "test_every", TEST_EVERY.value, "an integer >= 0")
     check(LOG_EVERY.value >= 0, "log_every", LOG_EVERY.value, "an integer >= 0")
+    check(CHECKPOINT_EVERY.value >= 0, "checkpoint_every", CHECKPOINT_EVERY.value, "an integer >= 0")
+    check(KEEP_CHECKPOINTS.value >= 1, "keep_checkpoints", KEEP_CHECKPOINTS.value, "an integer >= 1")
 
 
 def validate_init(spec: ParamSpec) -> None:
@@ -151,25 +171,56 @@ def shared_flag_values() -> dict[str, Any]:
     return out
 
 
+def run_options() -> dict[str, Any]:
+    """The run-management keyword arguments of ``experiment.run_search`` from the shared flags."""
+    return dict(
+        progress=PROGRESS.value,
+        log_every=LOG_EVERY.value,
+        checkpoint_every=CHECKPOINT_EVERY.value,
+        keep_checkpoints=KEEP_CHECKPOINTS.value,
+    )
+
+
+def prepare_workdir() -> Path:
+    """``experiment.prepare_workdir`` with --workdir, --overwrite and the resolved flags (checked against
+    the run already there, then written to flags.txt). Call after validation, before any work."""
+    return experiment.prepare_workdir(WORKDIR.value, overwrite=OVERWRITE.value, flags=shared_flag_values())
+
+
 def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
     """Wraps an experiment's main: turns library errors into clear exits.
 
-    Configuration problems (WorkdirError, ValueError from library validation)
-    exit with status 2 and the message; a non-finite value exits with status 1
-    and names the iteration.
+    Exit status:
+      0: done, or the workdir already holds this finished run (RunComplete; nothing touched).
+      1: a non-finite value (names the iteration), or a file could not be written
+         (StorageError, CheckpointError, OSError; the message names the path).
+      2: configuration problems (WorkdirError: flags differ from the run in the
+         workdir, unusable workdir), and flag validation (usage errors).
+      128 + signal (130 SIGINT, 143 SIGTERM): stopped by a signal after saving a
+         checkpoint; re-running the same command resumes.
     """
 
     def _main(argv: list[str]) -> None:
         if len(argv) > 1:
             raise usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+        checkpoint.quiet_orbax_logs()
         try:
             main_fn()
+        except experiment.RunComplete as e:
+            print(f"already complete: {e}", file=sys.stderr)
+            sys.exit(0)
+        except experiment.Interrupted as e:
+            print(f"interrupted: {e}", file=sys.stderr)
+            sys.exit(128 + e.signum if e.signum else 1)
         except experiment.WorkdirError as e:
-            logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        except lts.NonFiniteError as e:
+        except (lts.NonFiniteError, experiment.StorageError, checkpoint.CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"error: {e.strerror or e}{where}", file=sys.stderr)
             sys.exit(1)
 
     return _main

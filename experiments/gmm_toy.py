@@ -12,6 +12,7 @@ metrics.jsonl, figure2.png (decision boundaries) and reward.png.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
@@ -62,6 +63,8 @@ class Config:
     eval_repeats: int = 5
     progress: bool = True
     log_every: int = 50
+    checkpoint_every: int | None = None  # None: experiment.run_search's default
+    keep_checkpoints: int | None = None
 
 
 def test_accuracy(sample_fn, psi, num: int, test: dict, seed: int, repeats: int, C: float) -> float:
@@ -98,6 +101,8 @@ def train_and_evaluate(cfg: Config, lts_cfg: lts.LTSConfig, search, workdir: Pat
         spec=spec,
         progress=cfg.progress,
         log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints,
     )
 
     sample = jax.jit(sim.sample, static_argnums=2)
@@ -111,6 +116,7 @@ def train_and_evaluate(cfg: Config, lts_cfg: lts.LTSConfig, search, workdir: Pat
     }
     results = {
         "experiment": "gmm_toy",
+        "simulator": {"name": "gmm", "num_gaussians": cfg.num_gaussians},
         "num_gaussians": cfg.num_gaussians,
         "iterations": int(state.iteration),
         "search": cfg.search,
@@ -121,9 +127,25 @@ def train_and_evaluate(cfg: Config, lts_cfg: lts.LTSConfig, search, workdir: Pat
         "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(lts_cfg)},
     }
     experiment.write_json(workdir / "results.json", results)
-    draw_figures(workdir, sim, history, val, test, M, cfg.svm_c, psi_real)
+    draw_figures_from_workdir(workdir)
     logging.info("test accuracy: %s", acc)
     return results
+
+
+def draw_figures_from_workdir(workdir: Path) -> list[Path]:
+    """Redraws figure2.png and reward.png from a finished run's files (results.json, metrics.jsonl).
+
+    The figure registry of ``python -m experiments.plot`` calls this for results.json's "experiment" == "gmm_toy".
+    """
+    workdir = Path(workdir)
+    c = json.loads((workdir / "results.json").read_text())["config"]
+    sim = gmm.GMMSimulator(c["num_gaussians"])
+    val = gmm.sample_real(c["val_seed"], c["val_size"])
+    test = gmm.sample_real(c["test_seed"], c["test_size"])
+    _, psi_real = gmm.real_simulator()
+    history = experiment.read_metrics(workdir)
+    draw_figures(workdir, sim, history, val, test, c["dataset_size"], c["svm_c"], psi_real)
+    return [workdir / "figure2.png", workdir / "reward.png"]
 
 
 def draw_figures(workdir: Path, sim, history, val, test, M: int, C: float, psi_real) -> None:
@@ -184,11 +206,13 @@ def main() -> None:
         eval_repeats=EVAL_REPEATS.value,
         progress=common.PROGRESS.value,
         log_every=common.LOG_EVERY.value,
+        checkpoint_every=common.CHECKPOINT_EVERY.value,
+        keep_checkpoints=common.KEEP_CHECKPOINTS.value,
     )
     lts_cfg = common.lts_config()
     search = common.make_search(cfg.search, spec)
-    workdir = experiment.prepare_workdir(common.WORKDIR.value, overwrite=common.OVERWRITE.value)
-    experiment.write_flags(workdir, common.shared_flag_values())
+    # Checks the flags against a run already in the workdir: resume, extend, "already complete", or exit 2.
+    workdir = common.prepare_workdir()
     results = train_and_evaluate(cfg, lts_cfg, search, workdir)
     print(f"test accuracy: {results['test_accuracy']}  results: {workdir / 'results.json'}")
 

@@ -94,3 +94,108 @@ def decision_boundary_panels(
     for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")
     return _save(fig, path)
+
+
+# ----- generic figures of any run, from its metrics.jsonl rows --------------------------------------------------
+REWARD_KEYS = ("reward_mean", "reward_max", "best_reward", "baseline")
+
+
+def _column(history: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the rows holding a finite number under ``key``."""
+    steps, values = [], []
+    for i, row in enumerate(history):
+        v = row.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v):
+            steps.append(row.get("step", i))
+            values.append(float(v))
+    return np.asarray(steps, np.int64), np.asarray(values, np.float64)
+
+
+def reward_figure(history: Sequence[Mapping], path: str | Path, *, title: str = "") -> Path | None:
+    """rewards.png: the search's rewards over iterations (mean and max over K, best so far, baseline) in one
+    panel, and every evaluation metric the run logged (``val_*``, ``test_*``, ``amtm_*``) in a second."""
+    keys = [k for k in REWARD_KEYS if len(_column(history, k)[0])]
+    if not keys:
+        return None
+    evals = sorted(
+        {
+            k
+            for row in history
+            for k, v in row.items()
+            if k.startswith(("val_", "test_", "amtm_")) and isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    )
+    ncols = 2 if evals else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 4.0), squeeze=False)
+    ax = axes[0, 0]
+    for k in keys:
+        x, y = _column(history, k)
+        ax.plot(x, y, label=k, linestyle="--" if k == "baseline" else "-")
+    ax.set_xlabel("policy iteration")
+    ax.set_ylabel("reward")
+    ax.set_title(title or "search rewards")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if evals:
+        ax = axes[0, 1]
+        for k in evals:
+            x, y = _column(history, k)
+            ax.plot(x, y, marker="." if len(x) < 30 else None, label=k)
+        ax.set_xlabel("policy iteration")
+        ax.set_title("evaluation metrics")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def params_figure(history: Sequence[Mapping], path: str | Path, *, include_frozen: bool = False) -> Path | None:
+    """params.png: the evolution of the learned psi (paper Figure 7), one panel per block.
+
+    Categorical blocks: the probability of each category; Bernoulli blocks:
+    their probabilities; Gaussian blocks: each mean with a +- one standard
+    deviation band. Read from the rows' ``params`` column (ParamSpec.describe of
+    the search's centre). Frozen blocks are left out unless ``include_frozen``.
+    """
+    rows = [(row.get("step", i), row["params"]) for i, row in enumerate(history) if row.get("params")]
+    if not rows:
+        return None
+    blocks = [name for name, desc in rows[-1][1].items() if include_frozen or not desc.get("frozen")]
+    if not blocks:
+        return None
+    steps = np.asarray([s for s, _ in rows])
+    ncols = min(3, len(blocks))
+    nrows = -(-len(blocks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, name in zip(axes.ravel(), blocks):
+        descs = [p.get(name, {}) for _, p in rows]
+        last = rows[-1][1][name]
+        if "prob" in last:
+            ax.plot(steps, [d.get("prob", np.nan) for d in descs], label="p")
+            ax.set_ylim(0, 1)
+        elif "probs" in last:
+            for label in last["probs"]:
+                ax.plot(steps, [d.get("probs", {}).get(label, np.nan) for d in descs], label=str(label))
+            ax.set_ylim(0, 1)
+        else:
+            means = np.asarray([d.get("mean", [np.nan] * len(last["mean"])) for d in descs], np.float64)
+            var = np.asarray([d.get("variance", [np.nan] * len(last["variance"])) for d in descs], np.float64)
+            for j in range(means.shape[1]):
+                line = ax.plot(steps, means[:, j], label=f"mean[{j}]")[0]
+                sd = np.sqrt(var[:, j])
+                ax.fill_between(steps, means[:, j] - sd, means[:, j] + sd, color=line.get_color(), alpha=0.15)
+        ax.set_title(f"{name} ({last.get('kind', '?')})", fontsize=9)
+        ax.set_xlabel("policy iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if len(ax.get_lines()) <= 12:
+            ax.legend(fontsize=6)
+    for ax in axes.ravel()[len(blocks) :]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def run_figures(history: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
+    """The generic figures of any run (rewards.png, params.png) into ``out_dir``; returns the paths written."""
+    out_dir = Path(out_dir)
+    written = [reward_figure(history, out_dir / "rewards.png"), params_figure(history, out_dir / "params.png")]
+    return [p for p in written if p is not None]
