@@ -32,10 +32,22 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 CORRUPT_SUFFIX = "_corrupt"
+
+
+def _ocp():
+    # orbax is imported on first use: experiments that stop at flag validation do not pay for it.
+    import orbax.checkpoint
+
+    return orbax.checkpoint
+
+
+def __getattr__(name: str):
+    if name == "ocp":  # ``checkpoint.ocp``: the orbax module (for tests that patch it)
+        return _ocp()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CheckpointError(RuntimeError):
@@ -73,7 +85,7 @@ def _abstract(target: Any) -> Any:
 
     def leaf(x):
         if isinstance(x, jax.Array | np.ndarray | np.generic):
-            return ocp.utils.to_shape_dtype_struct(x)
+            return _ocp().utils.to_shape_dtype_struct(x)
         return x
 
     return jax.tree_util.tree_map(leaf, target)
@@ -97,11 +109,12 @@ class Checkpointer:
             raise ValueError(f"keep = {keep} is out of range; accepted: an integer >= 1")
         self.directory = Path(directory).absolute()
         self.keep = int(keep)
-        self._manager: ocp.CheckpointManager | None = None
+        self._manager = None  # orbax CheckpointManager, opened on first use
 
     # ----- orbax manager ---------------------------------------------------------------------------------------
-    def _open(self) -> ocp.CheckpointManager:
+    def _open(self):
         if self._manager is None:
+            ocp = _ocp()
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=self.keep,
                 create=True,
@@ -150,6 +163,7 @@ class Checkpointer:
             return path
         meta = {"iteration": step, "time": time.time(), **(meta or {})}
         manager = self._open()
+        ocp = _ocp()
         try:
             manager.save(
                 step,
@@ -174,6 +188,7 @@ class Checkpointer:
         not hold iteration ``step``.
         """
         path = self.path(step)
+        ocp = _ocp()
         try:
             restored = self._open().restore(
                 step,

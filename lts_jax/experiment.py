@@ -613,7 +613,8 @@ def run_search(
     Raises:
       Interrupted: stopped early by a signal or ``should_stop``; the checkpoint is saved.
       RunComplete: the workdir holds results.json and a checkpoint at ``num_iterations``.
-      WorkdirError: a checkpoint beyond ``num_iterations``, or metrics.jsonl lacks iterations.
+      WorkdirError: a checkpoint beyond ``num_iterations``, metrics.jsonl lacks iterations, or
+        checkpoints exist while ``resume`` is off.
       StorageError, checkpoint.CheckpointError: a file could not be written (the message names it).
       lts.NonFiniteError: as run_loop; the last good state is checkpointed first.
     """
@@ -639,6 +640,9 @@ def _run(
     step, state, base_key, num_iterations, val_data, workdir: Path, spec, ckpt, every, resume, *,
     test_data, test_every, progress, log_every, extra_hooks, handle_signals, should_stop, tensorboard, figures,
 ):  # fmt: skip
+    if not resume and ckpt.steps():
+        # Saving would skip the steps that exist and leave another run's states among this run's.
+        raise WorkdirError(f"{ckpt.directory} holds checkpoints and resume is off; remove them or start over")
     restored = ckpt.restore_latest(state) if resume else None
     if restored is not None:
         state = restored[0]
