@@ -2,7 +2,11 @@
 
 Experiments import this module to define the shared flags, set their own
 defaults with :func:`set_defaults`, and call :func:`validate_shared` first
-thing in ``main`` so bad values exit with status 2 before any work.
+thing in ``main`` so bad values exit with status 2 before any work. Then
+:func:`prepare_workdir` checks the workdir against a run already there
+(resume, extend, "already complete", or exit 2 listing differing flags),
+:func:`run_options` gives ``experiment.run_search`` its run-management
+arguments, and :func:`run_main` maps the outcomes to exit statuses.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Figures of a run, drawn with matplotlib's Agg backend (no display needed).
 
 Every function takes plain data (lists, NumPy arrays) and a path, so figures can
-be redrawn from a workdir's files long after the run.
+be redrawn from a workdir's files long after the run. :func:`run_figures` draws
+the generic figures of any run from its metrics.jsonl rows (rewards.png,
+params.png); ``python -m experiments.plot`` redraws them.
 """
 
 from __future__ import annotations

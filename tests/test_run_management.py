@@ -4,6 +4,7 @@ import errno
 import functools
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -110,6 +111,24 @@ def test_stop_then_resume_equals_uninterrupted(tmp_path, reference):
     assert len(experiment.read_metrics(tmp_path)) == 3
     state, history = run(tmp_path)
     assert [r["step"] for r in history] == list(range(N))
+    assert_same_run(tmp_path, ref_dir, state, ref_state)
+
+
+def test_sigint_stops_after_the_iteration_with_a_checkpoint(tmp_path, reference, capsys):
+    ref_dir, ref_state = reference
+    before = signal.getsignal(signal.SIGINT)
+
+    def interrupt(i, state, metrics):
+        if i == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during iteration 2
+
+    with pytest.raises(experiment.Interrupted) as stop:
+        run(tmp_path, extra_hooks=[interrupt], handle_signals=True)
+    assert stop.value.signum == signal.SIGINT and stop.value.iteration == 3
+    assert "SIGINT received" in capsys.readouterr().err
+    assert checkpoint.list_steps(tmp_path / "checkpoints") == [2, 3]
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+    state, _ = run(tmp_path)
     assert_same_run(tmp_path, ref_dir, state, ref_state)
 
 
