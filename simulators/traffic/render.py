@@ -63,18 +63,19 @@ CATEGORY_LABEL = np.array(
 
 # Car shapes per type (layout.CAR_TYPES), in the car's frame: lz forward, lx right, y up;
 # origin at the centre of the footprint on the ground. The cabin spans lz in
-# [cab_rear_base, cab_front_base] at body_top and [cab_rear_top, cab_front_top] at roof.
+# [cab_rear_base, cab_front_base] at body_top and [cab_rear_top, cab_front_top] at roof;
+# the rear window's glass starts rear_glass of the cabin's height above body_top.
 CAR_FIELDS = (
     "half_length", "half_width", "clearance", "body_top", "roof", "cab_rear_base", "cab_rear_top", "cab_front_top",
-    "cab_front_base", "cab_inset", "wheel_radius", "wheel_rear", "wheel_front",
+    "cab_front_base", "cab_inset", "wheel_radius", "wheel_rear", "wheel_front", "rear_glass",
 )  # fmt: skip
 CAR_SHAPES = np.array(
     [
-        [2.30, 0.90, 0.18, 0.80, 1.42, -1.35, -0.85, 0.40, 1.05, 0.10, 0.32, -1.38, 1.38],  # sedan: 3 boxes
-        [1.95, 0.86, 0.16, 0.82, 1.48, -1.90, -1.62, 0.10, 0.75, 0.08, 0.30, -1.25, 1.25],  # hatchback: short
-        [2.35, 0.95, 0.28, 1.05, 1.80, -2.30, -2.12, 0.35, 1.00, 0.08, 0.38, -1.45, 1.45],  # suv: tall, high
-        [2.50, 0.98, 0.20, 0.95, 2.15, -2.50, -2.46, 1.45, 2.15, 0.04, 0.33, -1.65, 1.70],  # van: one tall box
-        [2.60, 0.95, 0.32, 1.05, 1.85, -0.35, -0.30, 0.60, 1.20, 0.08, 0.38, -1.65, 1.60],  # pickup: cab + bed
+        [2.30, 0.90, 0.18, 0.80, 1.42, -1.35, -0.85, 0.40, 1.05, 0.10, 0.32, -1.38, 1.38, 0.10],  # sedan: 3 boxes
+        [1.95, 0.86, 0.16, 0.82, 1.48, -1.90, -1.62, 0.10, 0.75, 0.08, 0.30, -1.25, 1.25, 0.15],  # hatchback: short
+        [2.35, 0.95, 0.28, 1.05, 1.80, -2.30, -2.12, 0.35, 1.00, 0.08, 0.38, -1.45, 1.45, 0.30],  # suv: tall, high
+        [2.50, 0.98, 0.20, 0.95, 2.15, -2.50, -2.46, 1.45, 2.15, 0.04, 0.33, -1.65, 1.70, 0.45],  # van: tall box
+        [2.60, 0.95, 0.32, 1.05, 1.85, -0.35, -0.30, 0.60, 1.20, 0.08, 0.38, -1.65, 1.60, 0.15],  # pickup: cab, bed
     ],
     np.float32,
 )
@@ -104,7 +105,7 @@ WEATHER_TABLE = np.array(
         # overcast: no sun, bright grey sky, soft light
         [0.0, 1.00, 1.02, 1.06, 450.0, 0.86, 0.87, 0.89, 1.30, 1.31, 1.33, 0.92, 0.94, 0.98, 0.0, 0.0, 0.85, 1.0],
         # rain: dark sky, dim light, wet road, streaks, haze
-        [0.0, 0.55, 0.58, 0.63, 140.0, 0.48, 0.50, 0.53, 0.68, 0.70, 0.73, 0.40, 0.42, 0.46, 1.0, 1.0, 1.0, 1.0],
+        [0.0, 0.42, 0.44, 0.48, 140.0, 0.44, 0.46, 0.49, 0.62, 0.64, 0.67, 0.38, 0.40, 0.44, 1.0, 1.0, 1.0, 1.0],
         # fog: dim sun through thick fog
         [0.25, 0.95, 0.95, 0.95, 30.0, 0.80, 0.81, 0.82, 0.80, 0.81, 0.82, 0.80, 0.81, 0.82, 0.0, 0.0, 0.0, 1.0],
     ],
@@ -278,18 +279,30 @@ def screen_tiles(height, width, focal, cx, cy, x_half, z_pad, y_range) -> list[t
     return tiles
 
 
-def tile_groups(tiles, ratio: float = 0.6) -> list[tuple[tuple[int, int, int, int], list[int]]]:
-    """Groups consecutive blocks whose tiles are similar: (tile of the group's nearest block,
-    blocks), near to far. A block joins the current group while its tile keeps at least
-    ``ratio`` of the group tile's area (fewer, larger loops: less compiled code, a little
-    more work)."""
-    area = lambda t: (t[1] - t[0]) * (t[3] - t[2])
-    groups: list[tuple[tuple[int, int, int, int], list[int]]] = []
-    for b, t in enumerate(tiles):
-        if groups and area(t) >= ratio * area(groups[-1][0]):
-            groups[-1][1].append(b)
-        else:
-            groups.append((t, [b]))
+def tile_groups(tiles, max_groups: int = 4) -> list[tuple[tuple[int, int, int, int], list[int]]]:
+    """Splits the blocks into at most ``max_groups`` runs of consecutive blocks, each rendered on
+    the tile of its nearest block (which contains the others'), minimising the total tile area
+    rendered (dynamic programming). Fewer groups: less compiled code, more work. Returns
+    (tile, blocks) pairs, near to far."""
+    area = [(t[1] - t[0]) * (t[3] - t[2]) for t in tiles]
+    n = len(tiles)
+    inf = float("inf")
+    # best[g][i]: least cost of covering blocks i.. with g groups
+    best = [[inf] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[n] * (n + 1) for _ in range(max_groups + 1)]
+    for g in range(max_groups + 1):
+        best[g][n] = 0.0
+    for g in range(1, max_groups + 1):
+        for i in range(n - 1, -1, -1):
+            for j in range(i + 1, n + 1):
+                c = area[i] * (j - i) + best[g - 1][j]
+                if c < best[g][i]:
+                    best[g][i], cut[g][i] = c, j
+    groups, i, g = [], 0, max_groups
+    while i < n:
+        j = cut[g][i]
+        groups.append((tiles[i], list(range(i, j))))
+        i, g = j, g - 1
     return groups
 
 
@@ -322,8 +335,11 @@ class Renderer:
         shadow_len = MAX_CAR_HEIGHT / math.tan(math.radians(S.SUN_ELEVATION_RANGE[0]))
         self.shadow_tiles = screen_tiles(H, W, f, self.cx, self.cy, L.ROAD_WIDTH / 2 + shadow_len + 0.8,
                                          shadow_len + 0.8, (0.0, L.KERB_HEIGHT))  # fmt: skip
-        self.car_groups = tile_groups(self.car_tiles)
-        self.shadow_groups = tile_groups(self.shadow_tiles)
+        # Each group is one more copy of the loop body in the compiled program: small images
+        # (tests, quick runs) favour compile time, large ones throughput.
+        groups = 2 if H * W <= 64 * 160 else 4
+        self.car_groups = tile_groups(self.car_tiles, groups)
+        self.shadow_groups = tile_groups(self.shadow_tiles, groups)
         self._static_columns()
 
     def _static_columns(self):
@@ -459,13 +475,13 @@ class Renderer:
                                                    jnp.clip(0.55 + 0.3 * py, 0.55, 1.0), 1.0))  # fmt: skip
         ndl, ny = self._ndl(g, cat, code, t, acol, bcol, tr, car)
         # glossy surfaces (glass, car paint, wet road) reflect the sky, most at grazing angles
-        fres = fields["gloss"] * (0.25 + 0.75 * jnp.clip(1.0 - 4.0 * jnp.abs(bcol), 0.0, 1.0) ** 3)
+        fres = fields["gloss"] * (0.15 + 0.6 * jnp.clip(1.0 - 4.0 * jnp.abs(bcol), 0.0, 1.0) ** 3)
         dist = t * jnp.sqrt(1.0 + acol * acol + bcol * bcol)
         fogk = 1.0 - jnp.exp(-dist / w["fog_d"])
         fogk = jnp.where(is_sky, jnp.where(w["fog_d"] < 100.0, 1.0, 0.0), fogk)  # in thick fog the sky is fog
         lk = _keep({
             "amb": ao * (0.62 + 0.38 * ny), "sun": w["sun"] * ndl * lit, "fres": 1.0 - 0.5 * fres,
-            "refl": 0.45 * fres * (0.6 + 0.4 * lit), "fog": fogk,
+            "refl": 0.3 * fres * (0.6 + 0.4 * lit), "fog": fogk,
         }, ones)  # fmt: skip
         sky = self._sky(w, g, acol, bcol)
         albedo = self._albedo(sc, g, cat, code, fields, hs, en, tr, car)
@@ -871,7 +887,8 @@ class Renderer:
         plate = f2 & (alx < 0.26) & (y > clr + 0.20) & (y < clr + 0.33)
         profile = jnp.minimum(ht, jnp.minimum(hb + kr * (lz - rb), hb + kf * (fb - lz)))
         side_glass = (face == 6) & (y > hb + 0.06) & (y < profile - 0.06) & (jnp.abs(lz - 0.5 * (rt + ft)) > 0.07)
-        end_glass = (face >= 4) & (face != 6) & (alx < hwc - 0.07) & (y < ht - 0.04) & (y > hb + 0.04)
+        end_glass = (face >= 4) & (face != 6) & (alx < hwc - 0.07) & (y < ht - 0.04)
+        end_glass = end_glass & (y > hb + jnp.where(face == 5, 0.04, p["rear_glass"] * (ht - hb)))
         mat = _choose(
             [rim, wheel | tyre_under, side_glass | end_glass, lights, plate, trim],
             [RIM, TYRE, GLASS, jnp.where(rear, TAIL_LIGHT, HEAD_LIGHT), PLATE, TRIM],
@@ -946,7 +963,7 @@ class Renderer:
         m = jnp.maximum(m, is_tx * _band(zr, 3.43, 3.57, fpz) * _stripes(px, 6.0, 3.0, fpx) * (ax > 4.5))
         m = jnp.maximum(m, (typ == 2) * _band(px, -0.07, 0.07, fpx) * _stripes(pz, 6.0, 3.0, fpz) * (zr > 8.0))
         road_m = m * (0.75 + 0.25 * n_small) * (1.0 - 0.4 * wet)
-        road_gloss = wet * (0.55 + 0.45 * jnp.clip((n_big - 0.55) * 4.0, 0.0, 1.0))
+        road_gloss = wet * (0.35 + 0.5 * jnp.clip((n_big - 0.55) * 4.0, 0.0, 1.0))
         # sidewalk paving slabs; terrain: grass and soil
         grout = jnp.maximum(_stripes(px, 0.6, 0.035, fpx), _stripes(pz, 0.6, 0.035, fpz))
         side_k = (0.9 + 0.2 * n_small) * (1.0 - 0.25 * grout) * (0.92 + 0.16 * n_big) * (1.0 - 0.3 * wet)

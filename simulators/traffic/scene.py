@@ -50,7 +50,7 @@ E = layout.END_HOUSE_COUNT = 13; "side" 0 is left (x < 0), 1 right (x > 0)):
                                            Bernoulli(house probability); never in the X's gap.
   - ``end_height``      float32 [E]        their eave heights.
   - ``end_color``       float32 [E, 3]     their facade colours.
-  - ``seed``            uint32 []          texture seed (noise patterns, skyline profile).
+  - ``seed``            uint32 []          texture seed (noise patterns, skyline profile), 24 bits.
 
 Blocks at index >= road_length have no car, house, tree or pole.
 """
@@ -178,14 +178,48 @@ PRESETS = {
 }
 
 
-def _bernoulli(key, logit, shape):
-    # Comparing logistic noise with the logit keeps extreme logits exact: a logit of
-    # -30 never fires and +30 always does (float32 logistic samples stay within +-17).
-    return jax.random.logistic(key, shape) < logit
+class _Draws:
+    """All of a batch's random numbers from ONE draw of bits (one threefry call keeps the
+    compiled sampler small), handed out as open-interval uniforms per named request."""
+
+    def __init__(self, key: jax.Array, num: int, shapes: dict[str, tuple[int, ...]]):
+        self.shapes = shapes
+        sizes = [int(np.prod(sh)) for sh in shapes.values()]
+        self.offsets = dict(zip(shapes, np.cumsum([0] + sizes[:-1]).tolist()))
+        self.sizes = dict(zip(shapes, sizes))
+        self.num = num
+        self.bits = jax.random.bits(key, (num, int(sum(sizes))), jnp.uint32)
+
+    def raw(self, name: str) -> jax.Array:
+        o, n = self.offsets[name], self.sizes[name]
+        return self.bits[:, o : o + n].reshape((self.num, *self.shapes[name]))
+
+    def u(self, name: str) -> jax.Array:
+        """Uniform in (0, 1), never 0 or 1 (24 random bits, centred)."""
+        return ((self.raw(name) >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
 
 
-def _uniform(key, shape, lo, hi):
-    return jax.random.uniform(key, shape, jnp.float32, lo, hi)
+def _categorical(u, logits):
+    # Gumbel-max: u [..., m] uniforms, logits [m].
+    return jnp.argmax(logits - jnp.log(-jnp.log(u)), axis=-1).astype(jnp.int32)
+
+
+def _bernoulli(u, logit):
+    # Logistic noise below the logit: a logit of -30 never fires and +30 always does
+    # (24-bit uniforms give logistic samples within +-17).
+    return jnp.log(u) - jnp.log1p(-u) < logit
+
+
+def _uniform(u, lo, hi):
+    return lo + (hi - lo) * u
+
+
+def _randint(u, m):
+    return jnp.minimum((u * m).astype(jnp.int32), m - 1)
+
+
+def _normal(u):
+    return jax.scipy.special.ndtri(u)
 
 
 def sample_scenes(spec: P.ParamSpec, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
@@ -203,72 +237,78 @@ def sample_scenes(spec: P.ParamSpec, key: jax.Array, psi: jax.Array, num: int) -
     """
     psi = jnp.asarray(psi, jnp.float32)
     raw = spec.split(psi)
-    ks = iter(jax.random.split(key, 32))
     n = num
+    d = _Draws(key, n, {
+        "road_length": (L.NUM_LENGTHS,), "intersection": (3,), "weather": (len(L.WEATHERS),),
+        "car_present": (B,), "car_type": (B, len(L.CAR_TYPES)), "car_lane": (B,), "car_x": (B,), "car_z": (B,),
+        "car_heading": (B,), "car_palette": (B,), "car_color": (B, 3),
+        "house_present": (B, 2), "house_height": (B, 2), "house_color": (B, 2), "house_shade": (B, 2),
+        "roof_color": (B, 2), "tree_present": (B, 2), "tree_z": (B, 2), "tree_radius": (B, 2),
+        "tree_height": (B, 2), "pole_present": (B, 2), "end_present": (E,), "end_height": (E,), "end_color": (E,),
+        "camera": (2,), "sun": (2,), "seed": (),
+    })  # fmt: skip
 
-    road_length = jax.random.categorical(next(ks), raw["road_length"], shape=(n,)).astype(jnp.int32) + L.MIN_BLOCKS
-    intersection = jax.random.categorical(next(ks), raw["intersection"], shape=(n,)).astype(jnp.int32)
-    weather = jax.random.categorical(next(ks), raw["weather"], shape=(n,)).astype(jnp.int32)
+    road_length = _categorical(d.u("road_length"), raw["road_length"]) + L.MIN_BLOCKS
+    intersection = _categorical(d.u("intersection"), raw["intersection"])
+    weather = _categorical(d.u("weather"), raw["weather"])
     in_road = jnp.arange(B)[None, :] < road_length[:, None]  # [n, B]
 
     # Cars.
-    car_present = _bernoulli(next(ks), raw["car_presence"][0], (n, B)) & in_road
-    car_type = jax.random.categorical(next(ks), raw["car_type"], shape=(n, B)).astype(jnp.int32)
-    car_lane = jax.random.bernoulli(next(ks), 0.5, (n, B)).astype(jnp.int32)
+    car_present = _bernoulli(d.u("car_present"), raw["car_presence"][0]) & in_road
+    car_type = _categorical(d.u("car_type"), raw["car_type"])
+    car_lane = (d.u("car_lane") < 0.5).astype(jnp.int32)
     lane_x = jnp.where(car_lane == 0, L.LANE_WIDTH / 2, -L.LANE_WIDTH / 2)
-    car_x = lane_x + _uniform(next(ks), (n, B), -CAR_X_JITTER, CAR_X_JITTER)
-    car_z = (jnp.arange(B) + 0.5) * L.BLOCK_LENGTH + _uniform(next(ks), (n, B), -CAR_Z_JITTER, CAR_Z_JITTER)
+    car_x = lane_x + _uniform(d.u("car_x"), -CAR_X_JITTER, CAR_X_JITTER)
+    car_z = (jnp.arange(B) + 0.5) * L.BLOCK_LENGTH + _uniform(d.u("car_z"), -CAR_Z_JITTER, CAR_Z_JITTER)
     car_pos = jnp.stack([car_x, car_z], axis=-1)
     car_heading = jnp.where(car_lane == 0, 0.0, jnp.pi) + _uniform(
-        next(ks), (n, B), -CAR_HEADING_JITTER, CAR_HEADING_JITTER
+        d.u("car_heading"), -CAR_HEADING_JITTER, CAR_HEADING_JITTER
     )
-    pal_idx = jax.random.randint(next(ks), (n, B), 0, CAR_PALETTES.shape[1])
+    pal_idx = _randint(d.u("car_palette"), CAR_PALETTES.shape[1])
     base_color = jnp.asarray(CAR_PALETTES)[car_type, pal_idx]  # [n, B, 3]
     spread = raw["car_color_spread"]
-    cz = spread[0] + jnp.sqrt(jnp.exp(spread[1])) * jax.random.normal(next(ks), (n, B, 3))
+    cz = spread[0] + jnp.sqrt(jnp.exp(spread[1])) * _normal(d.u("car_color"))
     car_color = jnp.clip(base_color + CAR_COLOR_UNIT * jnp.clip(cz, -CLIP_UNITS, CLIP_UNITS), 0.0, 1.0)
 
     # Houses on the lots beside the straight road.
     house_logit = raw["house_presence"][0]
-    house_present = _bernoulli(next(ks), house_logit, (n, B, 2)) & in_road[:, :, None]
-    house_height = _uniform(next(ks), (n, B, 2), *L.HOUSE_HEIGHT_RANGE)
+    house_present = _bernoulli(d.u("house_present"), house_logit) & in_road[:, :, None]
+    house_height = _uniform(d.u("house_height"), *L.HOUSE_HEIGHT_RANGE)
     hp = jnp.asarray(HOUSE_PALETTE)
-    house_color = hp[jax.random.randint(next(ks), (n, B, 2), 0, hp.shape[0])]
-    house_color = jnp.clip(house_color * _uniform(next(ks), (n, B, 2, 1), 0.9, 1.08), 0.0, 1.0)
+    house_color = hp[_randint(d.u("house_color"), hp.shape[0])]
+    house_color = jnp.clip(house_color * _uniform(d.u("house_shade"), 0.9, 1.08)[..., None], 0.0, 1.0)
     rp = jnp.asarray(ROOF_PALETTE)
-    roof_color = rp[jax.random.randint(next(ks), (n, B, 2), 0, rp.shape[0])]
+    roof_color = rp[_randint(d.u("roof_color"), rp.shape[0])]
 
     # Trees and poles.
     tree_p = jnp.where(house_present, TREE_PROB_WITH_HOUSE, TREE_PROB_NO_HOUSE)
-    tree_present = (_uniform(next(ks), (n, B, 2), 0.0, 1.0) < tree_p) & in_road[:, :, None]
-    tree_z = (jnp.arange(B)[None, :, None] + 0.5) * L.BLOCK_LENGTH + _uniform(next(ks), (n, B, 2), -1.5, 1.5)
-    tree_radius = _uniform(next(ks), (n, B, 2), *L.TREE_RADIUS_RANGE)
-    tree_height = _uniform(next(ks), (n, B, 2), *L.TREE_CROWN_HEIGHT_RANGE)
-    pole_present = jax.random.bernoulli(next(ks), POLE_PROB, (n, B, 2)) & in_road[:, :, None]
+    tree_present = (d.u("tree_present") < tree_p) & in_road[:, :, None]
+    tree_z = (jnp.arange(B)[None, :, None] + 0.5) * L.BLOCK_LENGTH + _uniform(d.u("tree_z"), -1.5, 1.5)
+    tree_radius = _uniform(d.u("tree_radius"), *L.TREE_RADIUS_RANGE)
+    tree_height = _uniform(d.u("tree_height"), *L.TREE_CROWN_HEIGHT_RANGE)
+    pole_present = (d.u("pole_present") < POLE_PROB) & in_road[:, :, None]
 
     # The row of houses across the end of the road.
     centres = L.END_HOUSE_WIDTH * (jnp.arange(E) - E // 2)
     gap = (intersection[:, None] == 2) & (jnp.abs(centres)[None, :] <= L.END_HOUSE_WIDTH + 1e-3)
-    end_present = _bernoulli(next(ks), house_logit, (n, E)) & ~gap
-    end_height = _uniform(next(ks), (n, E), *L.HOUSE_HEIGHT_RANGE)
-    end_color = hp[jax.random.randint(next(ks), (n, E), 0, hp.shape[0])]
+    end_present = _bernoulli(d.u("end_present"), house_logit) & ~gap
+    end_height = _uniform(d.u("end_height"), *L.HOUSE_HEIGHT_RANGE)
+    end_color = hp[_randint(d.u("end_color"), hp.shape[0])]
 
     # Rendering settings.
     cam = raw["camera_jitter"]
-    cam_units = jnp.clip(cam[:2] + jnp.sqrt(jnp.exp(cam[2:])) * jax.random.normal(next(ks), (n, 2)),
-                         -CLIP_UNITS, CLIP_UNITS)  # fmt: skip
+    cam_units = jnp.clip(cam[:2] + jnp.sqrt(jnp.exp(cam[2:])) * _normal(d.u("camera")), -CLIP_UNITS, CLIP_UNITS)
     camera_height = L.CAMERA_HEIGHT + CAMERA_HEIGHT_UNIT * cam_units[:, 0]
     camera_pitch = CAMERA_PITCH_UNIT * cam_units[:, 1]
     sun = raw["sun"]
-    sun_units = jnp.clip(sun[:2] + jnp.sqrt(jnp.exp(sun[2:])) * jax.random.normal(next(ks), (n, 2)),
-                         -CLIP_UNITS, CLIP_UNITS)  # fmt: skip
+    sun_units = jnp.clip(sun[:2] + jnp.sqrt(jnp.exp(sun[2:])) * _normal(d.u("sun")), -CLIP_UNITS, CLIP_UNITS)
     az = jnp.deg2rad(SUN_AZIMUTH_BASE + SUN_AZIMUTH_UNIT * sun_units[:, 0])
     el = jnp.deg2rad(jnp.clip(SUN_ELEVATION_BASE + SUN_ELEVATION_UNIT * sun_units[:, 1], *SUN_ELEVATION_RANGE))
     sun_dir = jnp.stack([jnp.cos(el) * jnp.sin(az), jnp.sin(el), jnp.cos(el) * jnp.cos(az)], axis=-1)
-    seed = jax.random.bits(next(ks), (n,), jnp.uint32)
+    seed = d.raw("seed") >> 8  # 24 bits: exact through float32 (the renderer keeps arrays via float32)
 
     return {
-        "road_length": road_length,
+        "road_length": road_length.astype(jnp.int32),
         "intersection": intersection,
         "car_present": car_present,
         "car_type": car_type,
