@@ -175,8 +175,11 @@ def params_figure(history: Sequence[Mapping], path: str | Path, *, include_froze
             ax.plot(steps, [d.get("prob", np.nan) for d in descs], label="p")
             ax.set_ylim(0, 1)
         elif "probs" in last:
-            for label in last["probs"]:
-                ax.plot(steps, [d.get("probs", {}).get(label, np.nan) for d in descs], label=str(label))
+            labels = list(last["probs"])
+            # More categories than the default cycle's 10 colours: an ordered colour map keeps them apart.
+            colors = plt.cm.viridis(np.linspace(0, 0.95, len(labels))) if len(labels) > 10 else [None] * len(labels)
+            for label, color in zip(labels, colors):
+                ax.plot(steps, [d.get("probs", {}).get(label, np.nan) for d in descs], label=str(label), color=color)
             ax.set_ylim(0, 1)
         else:
             means = np.asarray([d.get("mean", [np.nan] * len(last["mean"])) for d in descs], np.float64)
