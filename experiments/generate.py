@@ -6,7 +6,9 @@ Reads RUN/results.json: the learned psi from "psi_raw" (else, with a warning,
 the last "center" of RUN/metrics.jsonl) and the simulator from "simulator":
 
     "simulator": {"name": "traffic", "height": H, "width": W,
-                  "learn_intersection": false, "min_visible_pixels": 10}   (last two optional)
+                  "learn_intersection": false, "min_visible_pixels": 10, "renderer": "traffic"}
+                  (the last three optional; a CARLA-rendered run ("renderer": "carla") is
+                  rendered here by the pure-JAX renderer of the same scene model, with a note)
 
 Image size: results.json["simulator"]["height"/"width"], else
 results.json["config"]["height"/"width"], else --height/--width.
@@ -285,6 +287,12 @@ def generate(
         raise GenerateError(f"--chunk_size={chunk_size} is out of range; accepted: an integer >= 1")
     results = read_run(workdir)
     sim_cfg = simulator_config(results, height, width)
+    if sim_cfg.get("renderer") not in (None, "traffic"):
+        # Same scene model and psi; only the renderer differs (CARLA needs servers, this does not).
+        print(
+            f"note: the run rendered with {sim_cfg['renderer']!r}; rendering with the pure-JAX renderer",
+            file=sys.stderr,
+        )
     sim = make_simulator(sim_cfg)
     try:
         psi = sim.spec.validate(results["psi_raw"], what=f"{Path(workdir) / 'results.json'} psi_raw")
