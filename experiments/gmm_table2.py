@@ -30,7 +30,7 @@ def run_one(workdir, num_gaussians: int, seed: int, iterations: int) -> dict:
     sub = workdir / f"n{num_gaussians}_seed{seed}"
     if (sub / "results.json").exists():
         return json.loads((sub / "results.json").read_text())
-    sub = experiment.prepare_workdir(sub, overwrite=True)
+    sub = experiment.prepare_workdir(sub)  # an interrupted sub-run resumes from its checkpoint
     cfg = gmm_toy.Config(num_gaussians=num_gaussians, num_iterations=iterations, seed=seed, progress=False)
     spec = gmm.make_spec(num_gaussians)
     search = policy.GaussianPolicy(spec, variance=0.05, learning_rate=0.2, baseline_decay=0.9)
