@@ -61,7 +61,7 @@ L_TURN = "left"
 HOUSE_X0 = ROAD_WIDTH / 2 + SIDEWALK_WIDTH + HOUSE_SETBACK  # 7.0
 HOUSE_GAP = 0.4
 HOUSE_ROOF_HEIGHT = 2.5
-HOUSE_HEIGHT_RANGE = (7.0, 14.0)  # uniform eave heights, metres
+HOUSE_HEIGHT_RANGE = (6.0, 13.0)  # uniform eave heights, metres
 
 # The row of houses across the end of the road (facing the camera), beyond the far
 # sidewalk of the crossing road: END_HOUSE_COUNT houses of END_HOUSE_WIDTH centred

@@ -90,7 +90,7 @@ CAR_MATERIALS = np.array(
      [0.30, 0.003, 0.003], [0.70, 0.70, 0.62], [0.55, 0.55, 0.48]],
     np.float32,
 )  # fmt: skip
-CAR_GLOSS = np.array([0.35, 1.0, 0.0, 0.2, 0.05, 0.4, 0.6, 0.0], np.float32)
+CAR_GLOSS = np.array([0.35, 0.55, 0.0, 0.2, 0.05, 0.4, 0.6, 0.0], np.float32)
 
 # Weather table (layout.WEATHERS order). Light is linear RGB; the camera clips and
 # applies gamma 1/2 (a square root), so a sky above 1 saturates as in KITTI's images.
@@ -339,7 +339,14 @@ class Renderer:
         # (tests, quick runs) favour compile time, large ones throughput.
         groups = 2 if H * W <= 64 * 160 else 4
         self.car_groups = tile_groups(self.car_tiles, groups)
-        self.shadow_groups = tile_groups(self.shadow_tiles, groups)
+        # Shadows are computed at half resolution (they are smooth; 4x cheaper): half-res
+        # pixel (i, j) samples full-res pixel (2i + 1, 2j + 1) (clipped to the image).
+        self.half = ((H + 1) // 2, (W + 1) // 2)
+        self.half_rows = np.minimum(2 * np.arange(self.half[0]) + 1, H - 1)
+        self.half_cols = np.minimum(2 * np.arange(self.half[1]) + 1, W - 1)
+        half_tiles = [(r0 // 2, min(self.half[0], (r1 + 1) // 2), c0 // 2, min(self.half[1], (c1 + 1) // 2))
+                      for r0, r1, c0, c1 in self.shadow_tiles]  # fmt: skip
+        self.shadow_groups = tile_groups(half_tiles, groups)
         self._static_columns()
 
     def _static_columns(self):
@@ -455,7 +462,7 @@ class Renderer:
 
         # ---- cars and their shadows: tile loops -----------------------------------------------
         cp = self._car_params(sc, g)
-        sh = self._car_shadows(cp, g, surf["t"], acol)
+        sh = self._shadows(sc, g, cp, surf["t"], rows["b"])
         car = self._cars(cp, g, rows)
         car_hit = car["code"] >= 0
         fin = _keep({"t": jnp.where(car_hit, car["t"], surf["t"]), "cat": jnp.where(car_hit, CAR, surf["cat"]),
@@ -467,10 +474,9 @@ class Renderer:
 
         # ---- materials and light ------------------------------------------------------------
         fields = self._fields(sc, g, w, t, cat, code, px, py, pz, acol)
-        lit = self._sun_shadow(sc, g, px, py, pz)
         ground = cat <= TERRAIN
         is_sky = cat == SKY
-        lit = jnp.where(ground, jnp.minimum(lit, sh["shadow"]), lit)
+        lit = jnp.where(ground, sh["ground"], sh["lit"])
         ao = jnp.where(ground, sh["ao"], jnp.where((cat == HOUSE) | (cat == END_HOUSE),
                                                    jnp.clip(0.55 + 0.3 * py, 0.55, 1.0), 1.0))  # fmt: skip
         ndl, ny = self._ndl(g, cat, code, t, acol, bcol, tr, car)
@@ -769,16 +775,16 @@ class Renderer:
 
         return _keep(self._tile_loop(self.car_groups, fill, step), g["ones"])
 
-    def _tile_loop(self, groups, fill, step_fn):
+    def _tile_loop(self, groups, fill, step_fn, size=None):
         """Runs ``state = step_fn(tile, state, k)`` over the blocks from far to near.
 
         Blocks are grouped by similar tiles (groups: near to far, each (tile, blocks));
         within a group one ``lax.scan`` runs over its blocks on the group's tile (the
         tile of its nearest block, which contains the others'), which keeps the
         compiled program small. Between groups the state is padded to the larger tile.
-        Returns the full-image state.
+        Returns the state over the whole image (``size``, default the image's).
         """
-        H, W = self.height, self.width
+        H, W = size or (self.height, self.width)
         state, prev = None, None
         for tile, blocks in reversed(groups):
             r0, r1, c0, c1 = tile
@@ -909,10 +915,36 @@ class Renderer:
             "ndl": jnp.maximum(ndl, 0.0), "ny": ny,
         }  # fmt: skip
 
-    def _car_shadows(self, p, g, t, acol):
-        """Contact shadow (ao) and sun shadow of the cars on the ground point of each pixel."""
-        gx_full = L.CAMERA_X + t * acol
-        gz_full = L.CAMERA_Z + t
+    def _shadows(self, sc, g, cp, t, b):
+        """Sun shadows and contact shadows at half resolution, upsampled (nearest).
+
+        Computed for the non-car surface of each pixel (ground, houses, trees): a car pixel
+        takes the sun shadow of the surface behind it, a fair guess for a car standing in a
+        house's or a tree's shadow. Returns full-resolution ``lit`` (houses, trees, the end
+        row), ``ground`` (lit and not in a car's sun shadow) and ``ao`` (cars' contact shadow).
+        """
+        H, W = self.height, self.width
+        hr, hc = jnp.asarray(self.half_rows), jnp.asarray(self.half_cols)
+        th = t[hr][:, hc]
+        ah = jnp.asarray(self.a[self.half_cols])[None, :]
+        bh = b[hr][:, None]
+        gh = dict(g, ones=g["ones"][hr][:, hc])
+        px, py, pz = L.CAMERA_X + th * ah, g["o_y"] + th * bh, L.CAMERA_Z + th
+        lit = self._sun_shadow(sc, gh, px, py, pz)
+        car = self._car_shadows(cp, gh, px, pz)
+        half = _keep({"lit": lit, "ground": jnp.minimum(lit, car["shadow"]), "ao": car["ao"]}, gh["ones"])
+
+        def up(x):
+            # nearest 2x, then a 2x2 box filter: soft, half-pixel-centred shadow edges
+            x = jnp.repeat(jnp.repeat(x, 2, axis=0), 2, axis=1)
+            x = jnp.pad(x, ((1, 0), (1, 0)), mode="edge")
+            x = 0.25 * (x[1:, 1:] + x[:-1, 1:] + x[1:, :-1] + x[:-1, :-1])
+            return x[:H, :W]
+
+        return {name: up(v) for name, v in half.items()}
+
+    def _car_shadows(self, p, g, gx_full, gz_full):
+        """Contact shadow (ao) and sun shadow of the cars at ground points (gx, gz) [h, w] (half res)."""
 
         def step(tile, state, k):
             r0, r1, c0, c1 = tile
@@ -931,7 +963,7 @@ class Renderer:
             s_k = jnp.where(p["present"][k] & (s_in < s_out), 0.0, 1.0)
             return {"ao": jnp.minimum(a_k, state["ao"]), "shadow": jnp.minimum(s_k, state["shadow"])}
 
-        return _keep(self._tile_loop(self.shadow_groups, {"ao": 1.0, "shadow": 1.0}, step), g["ones"])
+        return self._tile_loop(self.shadow_groups, {"ao": 1.0, "shadow": 1.0}, step, size=self.half)
 
     # ----- textures ------------------------------------------------------------------------
     def _fields(self, sc, g, w, t, cat, code, px, py, pz, acol):
@@ -992,7 +1024,7 @@ class Renderer:
                                  bbld_k], jnp.where(cat == KERB, 1.0 - 0.3 * wet, 1.0)),
             "m": _choose(conds[:4], [road_m, 0.0, terr_m, jnp.where(is_roof, 0.0, win)], 0.0),
             "gloss": _choose([cat == ROAD, is_house, cat == CAR],
-                             [road_gloss, jnp.where(is_roof, 0.0, 0.8 * win),
+                             [road_gloss, jnp.where(is_roof, 0.0, 0.45 * win),
                               _choose([(code & 15) == i for i in range(len(CAR_GLOSS))],
                                       [float(v) for v in CAR_GLOSS], 0.0)], 0.0),
         }, ones)  # fmt: skip
@@ -1075,11 +1107,12 @@ class Renderer:
         bl = L.BLOCK_LENGTH
         # lookup tables per block of the sun's side: absent objects get impossible values
         h_tab = jnp.where(sc["house_present"][:, side], sc["house_height"][:, side] + 0.5 * L.HOUSE_ROOF_HEIGHT, -1.0)
-        r2_tab = jnp.where(sc["tree_present"][:, side], sc["tree_radius"][:, side] ** 2, -1.0)
-        tz_tab, th_tab = sc["tree_z"][:, side], sc["tree_height"][:, side]
+        # the trees' table is gathered as rows: one gather instead of three
+        tree_tab = jnp.stack([sc["tree_z"][:, side], sc["tree_height"][:, side],
+                              jnp.where(sc["tree_present"][:, side], sc["tree_radius"][:, side] ** 2, -1.0)], -1)
         he_tab = jnp.where(sc["end_present"], sc["end_height"] + 0.5 * L.HOUSE_ROOF_HEIGHT, -1.0)
         ze = g["zi"] + _onehot_rows(g["typ"], np.asarray(L.END_ROW_Z, np.float32)[:, None])[0]
-        h_tab, r2_tab, tz_tab, th_tab = _keep((h_tab, r2_tab, tz_tab, th_tab), g["ones_b"])
+        h_tab, tree_tab = _keep(h_tab, g["ones_b"]), _keep_self(tree_tab)
         # houses on the sun's side: follow the sun ray to their front plane
         s = (L.HOUSE_X0 - sgs * px) * inv_sx
         zc = pz + s * sun[2]
@@ -1093,10 +1126,11 @@ class Renderer:
         zt = pz + st * sun[2]
         yt = py + st * sun[1]
         kt = jnp.clip(jnp.floor(zt * (1.0 / bl)).astype(jnp.int32), 0, L.MAX_BLOCKS - 1)
-        dz = zt - tz_tab[kt]
-        dy = (yt - th_tab[kt]) * (1.0 / 1.15)
+        row = tree_tab[kt]  # [H, W, 3]
+        dz = zt - row[..., 0]
+        dy = (yt - row[..., 1]) * (1.0 / 1.15)
         dapple = _hash(jnp.floor(zt * 2.0).astype(jnp.int32), jnp.floor(yt * 2.0).astype(jnp.int32), g["seed"])
-        lit = lit & ~((st > 0.02) & (dz * dz + dy * dy < r2_tab[kt] * (0.55 + 0.6 * dapple)))
+        lit = lit & ~((st > 0.02) & (dz * dz + dy * dy < row[..., 2] * (0.55 + 0.6 * dapple)))
         # the row across the end of the road, when the sun is ahead
         se = (ze - pz) / jnp.maximum(sun[2], 1e-4)
         xe = px + se * sun[0]
@@ -1138,15 +1172,15 @@ class Renderer:
         u = jnp.arange(W, dtype=jnp.float32)[None, :]
         # rain streaks: thin slanted light lines; their length scales with the image
         scale = H / 96.0
-        col = jnp.floor(u + 0.25 * v).astype(jnp.int32)
-        seg = jnp.floor(v / (9.0 * scale) + 7.0 * _hash(col, jnp.zeros_like(col), seed)).astype(jnp.int32)
-        streak = (_hash(col, seg, seed ^ jnp.uint32(99)) < 0.045).astype(jnp.float32) * (0.16 * w["streaks"])
+        ui = jnp.broadcast_to(u.astype(jnp.int32), (H, W))
+        vi = jnp.broadcast_to(v.astype(jnp.int32), (H, W))
+        phase = 7.0 * _hash(ui[:1], jnp.zeros_like(ui[:1]), seed)  # per column
+        seg = jnp.floor(v / (9.0 * scale) + phase).astype(jnp.int32)
+        streak = (_hash(ui, seg, seed ^ jnp.uint32(99)) < 0.045).astype(jnp.float32) * (0.16 * w["streaks"])
         du = (u + 0.5) / W - 0.5
         dv = (v + 0.5) / H - 0.5
         vig = (1.0 - 0.35 * (du * du + 0.25 * dv * dv)) * w["exposure"]
-        ui = jnp.broadcast_to(u.astype(jnp.int32), (H, W))
-        vi = jnp.broadcast_to(v.astype(jnp.int32), (H, W))
-        noise = (_hash(ui, vi, seed ^ jnp.uint32(1234)) + _hash(vi, ui, seed ^ jnp.uint32(4321)) - 1.0) * 3.0
+        noise = (_hash(ui, vi, seed ^ jnp.uint32(1234)) - 0.5) * 5.0
         kept = _keep({"streak": streak * ones, "vig": vig * ones, "noise": noise}, ones)
         out = []
         for c in rgb:
@@ -1163,8 +1197,15 @@ class Renderer:
     # ----- counts -------------------------------------------------------------------------
     def _counts(self, sc, instance):
         """int32 [5]: cars per type with at least min_visible_pixels visible pixels."""
-        ids = jnp.arange(1, L.MAX_BLOCKS + 1, dtype=jnp.int32)
-        pix = jnp.sum((instance[..., None] == ids).astype(jnp.int32), axis=(0, 1))  # [B]
+
+        def scatter(inst):  # XLA:CPU runs a scatter-add fast and a 19-way compare-reduce slowly
+            return jnp.bincount(inst.reshape(-1), length=L.MAX_BLOCKS + 1)[1:].astype(jnp.int32)
+
+        def compare(inst):  # GPUs: a fused compare-and-reduce, no atomics on one hot bin
+            ids = jnp.arange(1, L.MAX_BLOCKS + 1, dtype=jnp.int32)
+            return jnp.sum((inst[..., None] == ids).astype(jnp.int32), axis=(0, 1))
+
+        pix = jax.lax.platform_dependent(instance, cpu=scatter, default=compare)  # [B]
         visible = (pix >= self.min_visible_pixels) & sc["car_present"]
         onehot = sc["car_type"][:, None] == jnp.arange(len(L.CAR_TYPES))[None, :]
         return jnp.sum((visible[:, None] & onehot).astype(jnp.int32), axis=0)
