@@ -1,8 +1,8 @@
 r"""Throughput of the traffic simulator's pure-JAX renderer (images/s) at 96x320 and 192x640.
 
 Times ``jax.jit(sim.sample)`` (scene sampling + rendering, the whole simulator) and,
-separately, ``sim.render`` on pre-sampled scenes, on the default backend (or
-``--backend``), for a batch of ``--batch`` images per call, several calls after a
+with ``--render``, ``sim.render`` alone on pre-sampled scenes, on the default backend
+(or ``--backend``), for a batch of ``--batch`` images per call, several calls after a
 warm-up. Prints a table and writes JSON with the device, per-size images/s (wall
 clock; also images per CPU-second of this process, which is robust to other
 processes competing for the cores), compile time and peak device memory where the
@@ -32,6 +32,7 @@ _BATCH = flags.DEFINE_list("batch", None, "images per call, one per size (defaul
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per size (after one warm-up call)")
 _PRESET = flags.DEFINE_string("psi", "val", "psi preset to sample scenes from")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed")
+_RENDER = flags.DEFINE_bool("render", False, "also time sim.render alone (one more compilation per size)")
 
 
 def _default_batch(platform_name: str, h: int, w: int) -> int:
@@ -97,23 +98,24 @@ def main(argv):
         psi = jax.device_put(jnp.asarray(sim.preset(_PRESET.value)), device)
         key = jax.device_put(jax.random.key(_SEED.value), device)
         sample = jax.jit(lambda k, p, sim=sim, n=n: sim.sample(k, p, n))
-        render = jax.jit(sim.render)
-        scenes_fn = jax.jit(lambda k, p, sim=sim, n=n: sim.sample_scenes(k, p, n))
 
         t0 = time.perf_counter()
         jax.block_until_ready(sample(key, psi))
         compile_s = time.perf_counter() - t0
-        scenes = jax.block_until_ready(scenes_fn(key, psi))
-        jax.block_until_ready(render(scenes))
         s_wall, s_cpu = _time_calls(sample, (key, psi), _REPEATS.value)
-        r_wall, _ = _time_calls(render, (scenes,), _REPEATS.value)
+        r_wall = None
+        if _RENDER.value:
+            render = jax.jit(sim.render)
+            scenes = jax.block_until_ready(jax.jit(lambda k, p, sim=sim, n=n: sim.sample_scenes(k, p, n))(key, psi))
+            jax.block_until_ready(render(scenes))
+            r_wall, _ = _time_calls(render, (scenes,), _REPEATS.value)
         best = min(s_wall)
         entry = {
             "batch": n,
             "compile_s": round(compile_s, 2),
             "sample_images_per_s": round(n / best, 1),
             "sample_images_per_s_median": round(n / sorted(s_wall)[len(s_wall) // 2], 1),
-            "render_images_per_s": round(n / min(r_wall), 1),
+            "render_images_per_s": round(n / min(r_wall), 1) if r_wall else None,
             "images_per_cpu_s": round(n / min(s_cpu), 1) if platform_name == "cpu" else None,
             "peak_bytes": _peak_bytes(device),
         }
@@ -121,9 +123,11 @@ def main(argv):
             entry["host_max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         results["sizes"][f"{h}x{w}"] = entry
         peak = entry["peak_bytes"] / 2**20 if entry["peak_bytes"] else float("nan")
-        cpu_rate = entry["images_per_cpu_s"] if entry["images_per_cpu_s"] is not None else float("nan")
+        nan = float("nan")
+        cpu_rate = entry["images_per_cpu_s"] if entry["images_per_cpu_s"] is not None else nan
+        render_rate = entry["render_images_per_s"] if entry["render_images_per_s"] is not None else nan
         print(f"{h:>4}x{w:<4} {n:>6} {compile_s:>10.1f} {entry['sample_images_per_s']:>13.1f} "
-              f"{entry['render_images_per_s']:>13.1f} {cpu_rate:>10.1f} {peak:>9.1f}", flush=True)  # fmt: skip
+              f"{render_rate:>13.1f} {cpu_rate:>10.1f} {peak:>9.1f}", flush=True)  # fmt: skip
     if _OUT.value:
         with open(_OUT.value, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -77,8 +77,8 @@ END_ROW_Z = (
 
 # Street furniture and vegetation (one slot per block and side).
 TREE_X = ROAD_WIDTH / 2 + SIDEWALK_WIDTH + 0.5  # |x| of tree trunks: 6.5, in the strip before the houses
-TREE_RADIUS_RANGE = (1.6, 2.6)  # crown radius (the crown is an ellipsoid 1.15 times taller)
-TREE_CROWN_HEIGHT_RANGE = (4.0, 6.0)  # height of the crown's centre
+TREE_RADIUS_RANGE = (1.8, 2.8)  # crown radius (the crown is an ellipsoid 1.15 times taller)
+TREE_CROWN_HEIGHT_RANGE = (5.0, 7.0)  # height of the crown's centre (its bottom stays above 1.7 m)
 POLE_X = ROAD_WIDTH / 2 + SIDEWALK_WIDTH - 0.3  # |x| of lamp poles: 5.7, at the sidewalk's outer edge
 POLE_HEIGHT = 6.5
 

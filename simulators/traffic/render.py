@@ -2,6 +2,14 @@
 
 Pure JAX, jittable and vmappable; deterministic given the scene dict (texture
 noise comes from the scene's ``seed``). Not differentiable in any useful sense.
+Entry points: :class:`Renderer` (``render(scenes)`` for a batch, ``render_one``).
+
+Camera: KITTI's colour camera: focal length ``layout.KITTI_FX_OVER_WIDTH * width``
+(square pixels), principal point at the image's centre column and at row
+``layout.KITTI_CY_OVER_HEIGHT * height`` (a level camera's horizon sits a little
+above the middle, as in KITTI), at (CAMERA_X, camera_height, CAMERA_Z) looking down
++z; ``camera_pitch`` (positive: looking down) moves the horizon up by
+``focal * tan(pitch)`` pixels.
 
 How it stays fast. Every pixel is an analytic ray cast against a small fixed set
 of primitives, with static shapes throughout:
@@ -16,29 +24,41 @@ of primitives, with static shapes throughout:
 - Cars stand inside their blocks (scene.py's jitter guarantees it), so along any
   ray a car in a lower block is nearer: the visible car is the first block whose
   car the ray hits, without a depth sort. Each block's car is tested only inside a
-  static screen tile that bounds it for every allowed camera (about 2 car tests per
-  pixel instead of 18); car shadows use a second set of tiles over the ground.
+  static screen tile that bounds it for every allowed camera (about 2.4 car tests
+  per pixel at 96x320 instead of 18). Blocks with similar tiles share one
+  ``lax.scan`` (``tile_groups``), which keeps the compiled program small.
 - The x of a ray is monotone in t and the camera stands on the road, so cars
   (|x| < ROAD_WIDTH / 2) always occlude the roadside objects behind them.
-- XLA fuses cheap-looking producers into per-pixel loops and recomputes them per
-  pixel. Per-image scalars and per-column vectors are therefore computed first and
-  fenced off with ``optimization_barrier``; colours are planar (r, g, b) tuples
-  because channel-last stacking vectorises badly on CPU.
+- Shadows (sun shadows of houses, tree crowns, the end row and cars; contact
+  shadows under cars) are computed at half resolution and upsampled with a 2x2
+  box filter: soft edges at a quarter of the cost.
+- XLA:CPU fuses cheap producers into every consumer loop and recomputes them per
+  pixel; ``optimization_barrier`` does not stop it. Values with several consumers
+  are therefore materialised with :func:`_keep` (see there), colours are planar
+  (r, g, b) per-pixel arrays (channel-last stacking vectorises badly), and the
+  visible-pixel counts use a scatter on CPU (``lax.platform_dependent``).
 
 Geometry (metres, layout.py's frame): cars are a body box (with a clearance gap
 showing the wheels) plus a cabin (a box cut by a sloped windscreen and rear
 window), per-type sizes in CAR_SHAPES; houses are boxes with a gable roof; tree
 crowns are ellipsoids on a trunk; lamp poles; kerb-raised sidewalks and terrain;
-a distant tree line and skyline; the sky. Lighting: sun (Lambert, shadows of
-houses, trees and cars on the ground), sky light with contact shadows under cars,
-sky reflections on glass, paint and wet roads, distance fog.
+a distant tree line and skyline; the sky. Lighting: sun (Lambert and shadows),
+sky light with contact shadows under cars, sky reflections on glass, paint and
+wet roads, distance fog, a gamma-2 camera with vignetting and sensor noise, rain
+streaks.
+
+Labels (labels.py): road 7 (with markings), sidewalk 8 (with kerbs), building 11
+(houses, distant buildings, lamp poles), vegetation 21 (crowns, trunks, the tree
+line), terrain 22, sky 23, car 26. ``instance`` is 0 or 1 + the car's block;
+``counts[t]`` counts the cars of type t with at least ``min_visible_pixels``
+pixels in the instance map (occlusion counts; fog does not).
 
 Approximations (documented): pitch as a principal-point shift; a column meets at
-most 3 lots of houses, 3 trees and 2 houses of the end row (a ray through several
+most 3 lots of houses, 2 trees and 2 houses of the end row (a ray through several
 empty lots may miss a house far behind them); kerb faces take the depth of the
 road plane behind them; car shadows treat the car as a box of mean cabin height;
-house shadows use the eave height plus half the roof; the sun does not shadow
-cars or facades from cars.
+house shadows use the eave height plus half the roof; a car pixel takes the sun
+shadow of the surface behind it; the sun does not shadow facades from cars.
 """
 
 from __future__ import annotations
@@ -90,7 +110,7 @@ CAR_MATERIALS = np.array(
      [0.30, 0.003, 0.003], [0.70, 0.70, 0.62], [0.55, 0.55, 0.48]],
     np.float32,
 )  # fmt: skip
-CAR_GLOSS = np.array([0.35, 0.55, 0.0, 0.2, 0.05, 0.4, 0.6, 0.0], np.float32)
+CAR_GLOSS = np.array([0.25, 0.55, 0.0, 0.2, 0.05, 0.4, 0.6, 0.0], np.float32)
 
 # Weather table (layout.WEATHERS order). Light is linear RGB; the camera clips and
 # applies gamma 1/2 (a square root), so a sky above 1 saturates as in KITTI's images.
@@ -101,9 +121,9 @@ WEATHER_FIELDS = ("sun", "amb_r", "amb_g", "amb_b", "fog_d", "fog_r", "fog_g", "
 WEATHER_TABLE = np.array(
     [
         # clear: strong sun, blue sky overexposed near the horizon, light haze
-        [2.6, 0.42, 0.52, 0.72, 900.0, 0.80, 0.88, 0.98, 1.25, 1.35, 1.45, 0.38, 0.66, 1.15, 0.0, 0.0, 0.25, 1.0],
+        [3.0, 0.30, 0.38, 0.55, 900.0, 0.80, 0.88, 0.98, 1.25, 1.35, 1.45, 0.38, 0.66, 1.15, 0.0, 0.0, 0.25, 1.0],
         # overcast: no sun, bright grey sky, soft light
-        [0.0, 1.00, 1.02, 1.06, 450.0, 0.86, 0.87, 0.89, 1.30, 1.31, 1.33, 0.92, 0.94, 0.98, 0.0, 0.0, 0.85, 1.0],
+        [0.0, 0.85, 0.88, 0.93, 450.0, 0.86, 0.87, 0.89, 1.30, 1.31, 1.33, 0.92, 0.94, 0.98, 0.0, 0.0, 0.85, 1.0],
         # rain: dark sky, dim light, wet road, streaks, haze
         [0.0, 0.42, 0.44, 0.48, 140.0, 0.44, 0.46, 0.49, 0.62, 0.64, 0.67, 0.38, 0.40, 0.44, 1.0, 1.0, 1.0, 1.0],
         # fog: dim sun through thick fog

@@ -82,36 +82,38 @@ SUN_ELEVATION_BASE, SUN_ELEVATION_UNIT = 45.0, 10.0  # degrees
 SUN_ELEVATION_RANGE = (25.0, 75.0)  # clipped (bounds shadow lengths)
 CAR_COLOR_UNIT = 0.05  # sRGB offset per unit of car_color_spread, per channel
 
-TREE_PROB_NO_HOUSE = 0.7
-TREE_PROB_WITH_HOUSE = 0.25
+TREE_PROB_NO_HOUSE = 0.85
+TREE_PROB_WITH_HOUSE = 0.45
 POLE_PROB = 0.3
 
-# Per-type body colour palettes (sRGB), 6 entries each, drawn uniformly.
+# Per-type body colour palettes (sRGB), 6 entries each, drawn uniformly. Mostly the
+# greys, blacks, whites and dark blues of real traffic (KITTI's cars are dark on
+# average); one or two livelier colours per type.
 CAR_PALETTES = np.array(
     [
         # sedan: silver, black, dark blue, white, dark grey, dark red
-        [[0.62, 0.63, 0.65], [0.07, 0.07, 0.08], [0.10, 0.14, 0.28], [0.86, 0.86, 0.86], [0.28, 0.29, 0.31],
-         [0.38, 0.06, 0.07]],
-        # hatchback: red, white, light blue, yellow, silver, green
-        [[0.70, 0.10, 0.08], [0.88, 0.88, 0.87], [0.35, 0.52, 0.72], [0.88, 0.72, 0.12], [0.66, 0.67, 0.68],
-         [0.16, 0.38, 0.22]],
+        [[0.58, 0.59, 0.61], [0.06, 0.06, 0.07], [0.09, 0.12, 0.24], [0.82, 0.82, 0.82], [0.26, 0.27, 0.29],
+         [0.34, 0.05, 0.06]],
+        # hatchback: red, white, grey-blue, silver, black, green
+        [[0.62, 0.08, 0.07], [0.84, 0.84, 0.83], [0.30, 0.40, 0.52], [0.60, 0.61, 0.62], [0.07, 0.07, 0.08],
+         [0.14, 0.30, 0.18]],
         # suv: black, dark grey, silver, white, dark green, brown
-        [[0.06, 0.06, 0.07], [0.22, 0.23, 0.25], [0.58, 0.59, 0.61], [0.84, 0.84, 0.83], [0.11, 0.21, 0.16],
-         [0.32, 0.22, 0.14]],
-        # van: mostly white, silver, cream, light blue
-        [[0.90, 0.90, 0.88], [0.92, 0.92, 0.90], [0.88, 0.89, 0.89], [0.70, 0.71, 0.72], [0.86, 0.81, 0.58],
-         [0.56, 0.70, 0.84]],
+        [[0.05, 0.05, 0.06], [0.20, 0.21, 0.23], [0.55, 0.56, 0.58], [0.80, 0.80, 0.79], [0.10, 0.18, 0.14],
+         [0.28, 0.20, 0.13]],
+        # van: mostly white, silver, cream, pale blue
+        [[0.88, 0.88, 0.86], [0.90, 0.90, 0.88], [0.85, 0.86, 0.86], [0.62, 0.63, 0.64], [0.80, 0.76, 0.56],
+         [0.50, 0.62, 0.74]],
         # pickup: red, dark blue, black, tan, white, orange
-        [[0.58, 0.08, 0.06], [0.11, 0.16, 0.36], [0.07, 0.07, 0.07], [0.62, 0.52, 0.36], [0.86, 0.86, 0.85],
-         [0.82, 0.42, 0.10]],
+        [[0.52, 0.07, 0.06], [0.10, 0.14, 0.32], [0.06, 0.06, 0.06], [0.55, 0.46, 0.32], [0.82, 0.82, 0.81],
+         [0.74, 0.38, 0.10]],
     ],
     np.float32,
 )  # fmt: skip
 
-# Facade and roof palettes (sRGB): plaster, cream, grey, brick, sandstone, white.
+# Facade and roof palettes (sRGB): plaster, cream, greys, brick, sandstone, white, brown.
 HOUSE_PALETTE = np.array(
-    [[0.78, 0.72, 0.62], [0.86, 0.82, 0.70], [0.62, 0.62, 0.60], [0.58, 0.33, 0.25], [0.74, 0.60, 0.45],
-     [0.90, 0.89, 0.86], [0.70, 0.66, 0.58], [0.80, 0.62, 0.52]],
+    [[0.70, 0.64, 0.55], [0.78, 0.74, 0.62], [0.52, 0.52, 0.51], [0.50, 0.29, 0.22], [0.64, 0.52, 0.39],
+     [0.84, 0.83, 0.80], [0.38, 0.36, 0.34], [0.70, 0.54, 0.45]],
     np.float32,
 )  # fmt: skip
 ROOF_PALETTE = np.array(

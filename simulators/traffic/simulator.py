@@ -68,8 +68,11 @@ class TrafficSimulator:
         if len(shape) != 1 or shape[0] != self.spec.dim:
             raise ValueError(f"psi has shape {list(shape)}; expected one psi of shape [{self.spec.dim}]: "
                              f"{self.spec.layout()}")
-        if not isinstance(psi, jax.core.Tracer):
-            self.check_psi(psi)
+        try:
+            concrete = np.asarray(psi)
+        except jax.errors.TracerArrayConversionError:
+            return  # traced (under jit / vmap): values unknown until run time
+        self.check_psi(concrete)
 
     # ----- sampling -------------------------------------------------------------------------
     def sample_scenes(self, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
