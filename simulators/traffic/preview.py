@@ -38,8 +38,12 @@ def forced_psi(spec, psi, **values) -> np.ndarray:
     return out
 
 
-def contact_sheet(sim, psi, seed: int = 0, road_length: int | None = None) -> np.ndarray:
-    """uint8 [rows, cols, 3]: the sheet for a TrafficSimulator and a concrete psi [dim]."""
+def contact_sheet(sim, psi, seed: int = 0, road_length: int | None = None, sample_fn=None) -> np.ndarray:
+    """uint8 [rows, cols, 3]: the sheet for a TrafficSimulator and a concrete psi [dim].
+
+    ``sample_fn(key, psi)`` returns outputs with a leading axis (the first image is shown);
+    default: ``jax.jit`` of ``sim.sample(key, psi, 1)``.
+    """
     import jax
     import jax.numpy as jnp
     from PIL import Image, ImageDraw
@@ -51,7 +55,7 @@ def contact_sheet(sim, psi, seed: int = 0, road_length: int | None = None) -> np
     psi = sim.check_psi(psi)
     if psi.ndim != 1:
         raise ValueError(f"psi has shape {list(psi.shape)}; expected [{spec.dim}]: {spec.layout()}")
-    sample = jax.jit(lambda k, p: sim.sample(k, p, 1))
+    sample = sample_fn or jax.jit(lambda k, p: sim.sample(k, p, 1))
     h, w = sim.height, sim.width
     gap, text_h = 4, 12
     cell_w, cell_h = 2 * w + gap, h + text_h
