@@ -1,0 +1,518 @@
+r"""Paper section 4.3, appendices C-E: learning the traffic simulator for a car-counting CNN.
+
+    python -m experiments.car_count --flagfile=experiments/flags/car_count_quick.flags --workdir=/tmp/cc
+
+A CNN (lts_jax.tasks.counting) counts the cars of each of 5 types in traffic images; its loss and metric
+are the L1 distance between predicted and true counts averaged over types; the reward is the negative
+validation L1. Validation and test sets are rendered with the fixed psi_real (the traffic simulator's "val"
+preset: moderately crowded, unbalanced car types, uniform intersections and road lengths, houses on the
+side, mostly fair weather) with their own seeds. The search learns psi so that MTMs trained on M simulated
+images for xi epochs count well on the validation set.
+
+--search: lts (REINFORCE, Algorithm 1), fixed (--fixed_params: val = psi_real, final = the psi_raw of
+another run's results.json given by --final_from, init = the --init point), random_params, random_search.
+--init: random, zeros, or a preset of the simulator (val, adversarial, default). --retain_mtm also trains
+and reports the accumulated MTM (AMTM, Figure 5).
+
+Writes, besides the run files of experiment.run_search (metrics.jsonl with the learned logits in
+"params", checkpoints, TensorBoard events, rewards.png, params.png):
+  results.json   {"experiment": "car_count", "test_reward": {method: final test reward, "psi_real": ...},
+                  "val_reward_curve", "test_reward_curve", "amtm_*_reward_curve", "logits", "psi", "psi_raw",
+                  "psi_real_reward", "simulator", "config", "timing"}
+  car_count.png  validation and test reward over iterations, AMTM, and the psi_real reward as a line
+  psi_real/      the reference run (--reference_iterations iterations of the fixed search at psi_real, the
+                 same M and xi): its mean reward is "the reward of training on psi_real"
+
+"Final test reward" = the mean test reward of the last --final_window test evaluations (the MTMs of the
+last iterations, mean over the K candidates).
+
+Exit status: 0 done (or already complete), 1 a non-finite value or a file that could not be written,
+2 bad flags or workdir, 3 every CARLA server failed (the last good iteration is checkpointed; re-run to resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from experiments import common, traffic_common
+from lts_jax import experiment, lts, plots, search
+from lts_jax.tasks.counting import COMPUTE_DTYPES, CountingTask
+
+NAME = "car_count"
+PSI_REAL = "val"  # the simulator's preset used as psi_real (PAPER.md: fixed, named, documented)
+FIXED_PARAMS = ("val", "final", "init")
+DATA_KEYS = ("image", "counts")
+
+FIXED_PARAMS_FLAG = flags.DEFINE_string(
+    "fixed_params", "val", "With --search=fixed: val (psi_real), final (--final_from's learned psi) or init (--init)."
+)
+INIT_MIN_PROB = flags.DEFINE_float(
+    "init_min_prob",
+    0.02,
+    "Floor of every learnable category's / Bernoulli's probability at the --init point (presets write absent "
+    "categories as logit -10, which the policy can never leave; see traffic_common.floor_probabilities).",
+)
+FINAL_FROM = flags.DEFINE_string(
+    "final_from", None, "With --fixed_params=final: a finished run's workdir whose results.json holds psi_raw."
+)
+VAL_SIZE = flags.DEFINE_integer("val_size", 200, "Validation images rendered with psi_real.")
+TEST_SIZE = flags.DEFINE_integer("test_size", 200, "Test images rendered with psi_real.")
+VAL_SEED = flags.DEFINE_integer("val_seed", 1001, "Seed of the validation set.")
+TEST_SEED = flags.DEFINE_integer("test_seed", 2002, "Seed of the test set.")
+REFERENCE_ITERATIONS = flags.DEFINE_integer(
+    "reference_iterations", 10, "Iterations of the fixed search at psi_real giving the psi_real reward (0: skip)."
+)
+FINAL_WINDOW = flags.DEFINE_integer("final_window", 5, "Test evaluations averaged into the final test reward.")
+MTM_LR = flags.DEFINE_float("mtm_lr", 3e-3, "Learning rate (Adam) of the counting CNN.")
+MTM_BATCH_SIZE = flags.DEFINE_integer("mtm_batch_size", 16, "Minibatch size of the counting CNN.")
+MTM_FEATURES = flags.DEFINE_list("mtm_features", ["16", "32", "64", "128"], "Channels of the CNN's 4 conv layers.")
+MTM_HIDDEN = flags.DEFINE_integer("mtm_hidden", 128, "Units of the CNN's hidden dense layer.")
+COMPUTE_DTYPE = flags.DEFINE_string("compute_dtype", "float32", "CNN compute dtype: float32 or bfloat16.")
+
+common.set_defaults(
+    num_iterations=200,
+    num_candidates=8,
+    dataset_size=100,
+    mtm_epochs=3,
+    init="random",
+    policy_lr=0.2,
+    policy_variance=0.05,
+    retain_mtm=True,
+    common_sim_key=True,
+    test_every=10,
+    log_every=10,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything of a car_count run besides LTSConfig (K, M, xi, AMTM) and the search's own settings."""
+
+    search: str = "lts"
+    init: str = "random"
+    fixed_params: str = "val"
+    final_from: str | None = None
+    init_min_prob: float = 0.02
+    seed: int = 0
+    num_iterations: int = 200
+    val_size: int = 200
+    test_size: int = 200
+    val_seed: int = 1001
+    test_seed: int = 2002
+    test_every: int = 10
+    reference_iterations: int = 10
+    final_window: int = 5
+    mtm_lr: float = 3e-3
+    mtm_batch_size: int = 16
+    mtm_features: tuple[int, ...] = (16, 32, 64, 128)
+    mtm_hidden: int = 128
+    compute_dtype: str = "float32"
+    progress: bool = True
+    log_every: int = 10
+    checkpoint_every: int | None = None  # None: experiment.run_search's default
+    keep_checkpoints: int | None = None
+
+    @property
+    def method(self) -> str:
+        """The name of what this run measures, e.g. "lts", "random_params", "fixed_val"."""
+        return f"fixed_{self.fixed_params}" if self.search == "fixed" else self.search
+
+
+class SimulatorUnavailable(RuntimeError):
+    """Every CARLA server failed; the message names the hosts (main exits 3)."""
+
+
+# ----- the pieces ----------------------------------------------------------------------------------------------
+def make_task(cfg: Config, height: int, width: int) -> CountingTask:
+    return CountingTask(
+        height,
+        width,
+        batch_size=cfg.mtm_batch_size,
+        learning_rate=cfg.mtm_lr,
+        features=cfg.mtm_features,
+        hidden=cfg.mtm_hidden,
+        compute_dtype=cfg.compute_dtype,
+    )
+
+
+@dataclasses.dataclass
+class Context:
+    """What runs of one process share: simulator, renderer, task, compiled programs, validation and test data."""
+
+    sim: Any
+    renderer: traffic_common.SceneRenderer
+    task: CountingTask
+    programs: traffic_common.Programs
+    val: dict
+    test: dict
+    sim_info: dict
+    data_time_s: float = 0.0
+
+
+def make_context(cfg: Config, sim: Any, sim_info: Mapping[str, Any], render_chunk: int) -> Context:
+    """Renders the validation and test sets (psi_real, their own seeds) and builds the task."""
+    t0 = time.perf_counter()
+    renderer = traffic_common.SceneRenderer(sim, render_chunk, DATA_KEYS)
+    psi_real = sim.spec.preset(PSI_REAL)
+    val = renderer.sample(jax.random.key(cfg.val_seed), psi_real, cfg.val_size)
+    test = renderer.sample(jax.random.key(cfg.test_seed), psi_real, cfg.test_size)
+    jax.block_until_ready((val, test))
+    task = make_task(cfg, sim.height, sim.width)
+    info = dict(sim_info)
+    info.setdefault("min_visible_pixels", int(getattr(sim, "min_visible_pixels", 0)) or None)
+    return Context(sim, renderer, task, traffic_common.Programs(), val, test, info, time.perf_counter() - t0)
+
+
+def read_final_psi(workdir: str | Path, spec) -> np.ndarray:
+    """psi_raw of a finished run's results.json; ValueError naming the file when it is missing or unusable."""
+    path = Path(workdir) / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ValueError(f"--final_from: {path} does not exist (is the run finished?)") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--final_from: {path} is not valid JSON ({e.msg})") from e
+    if "psi_raw" not in results:
+        raise ValueError(f"--final_from: {path} has no psi_raw")
+    return spec.validate(np.asarray(results["psi_raw"], np.float32), what=f"psi_raw of {path}")
+
+
+def initial_point(cfg: Config, spec, key: jax.Array, final_psi: np.ndarray | None = None) -> np.ndarray:
+    """The search's psi0: psi_real, a run's final psi, or the --init point."""
+    if cfg.search == "fixed" and cfg.fixed_params == "val":
+        return spec.preset(PSI_REAL)
+    if cfg.search == "fixed" and cfg.fixed_params == "final":
+        return final_psi if final_psi is not None else read_final_psi(cfg.final_from, spec)
+    return traffic_common.initial_psi(spec, cfg.init, key, cfg.init_min_prob)
+
+
+def _curve(history: Sequence[Mapping], key: str) -> dict[str, list]:
+    rows = [h for h in history if h.get(key) is not None]
+    return {"step": [int(h["step"]) for h in rows], "reward": [float(h[key]) for h in rows]}
+
+
+def _final(curve: Mapping[str, list], window: int) -> float | None:
+    values = curve["reward"][-max(1, window) :]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(history: Sequence[Mapping], spec, window: int) -> dict[str, Any]:
+    """Curves and final values of a run's metrics rows (JSON-ready)."""
+    out: dict[str, Any] = {
+        "val_reward_curve": [float(h["reward_mean"]) for h in history],
+        "test_reward_curve": _curve(history, "test_reward"),
+    }
+    out["final_test_reward"] = _final(out["test_reward_curve"], window)
+    out["final_val_reward"] = _final({"reward": out["val_reward_curve"]}, window)
+    if any("amtm_val_reward" in h for h in history):
+        out["amtm_val_reward_curve"] = _curve(history, "amtm_val_reward")
+        out["amtm_test_reward_curve"] = _curve(history, "amtm_test_reward")
+        out["final_amtm_test_reward"] = _final(out["amtm_test_reward_curve"], window)
+    # Figure 7: the learned (non-normalised) logits of car type and weather over iterations.
+    logits: dict[str, Any] = {"step": [int(h["step"]) for h in history]}
+    for block in ("car_type", "weather"):
+        labels = spec[block].labels
+        logits[block] = {lab: [float(h["params"][block]["logits"][lab]) for h in history] for lab in labels}
+    out["logits"] = logits
+    return out
+
+
+# ----- one search ----------------------------------------------------------------------------------------------
+def run_search(
+    cfg: Config,
+    lts_cfg: lts.LTSConfig,
+    strategy: Any,
+    psi0: np.ndarray,
+    workdir: Path,
+    ctx: Context,
+    key: jax.Array,
+    *,
+    num_iterations: int,
+    test_every: int,
+    should_stop: Callable[[], bool] | None = None,
+    figures: bool = True,
+) -> tuple[list[dict], bool]:
+    """Runs the search in ``workdir``; returns (history: the metrics rows, stopped_early).
+
+    ``should_stop`` (a time budget) ends the run early; that is not an error here. A CARLA pool without
+    servers raises SimulatorUnavailable (run_search has checkpointed the last good iteration).
+    """
+    k_state, k_run = jax.random.split(key)
+    step = traffic_common.make_step(lts_cfg, ctx.renderer, ctx.task, strategy, ctx.programs)
+    state = lts.init_state(lts_cfg, ctx.task, strategy, k_state, psi0)
+    if traffic_common.is_carla(ctx.sim):
+        ctx.sim.connect()
+    try:
+        _, history = experiment.run_search(
+            step,
+            state,
+            k_run,
+            num_iterations,
+            ctx.val,
+            workdir=workdir,
+            spec=ctx.sim.spec,
+            test_data=ctx.test,
+            test_every=test_every,
+            progress=cfg.progress,
+            log_every=cfg.log_every,
+            checkpoint_every=cfg.checkpoint_every,
+            keep_checkpoints=cfg.keep_checkpoints,
+            should_stop=should_stop,
+            figures=figures,
+        )
+        return history, False
+    except experiment.Interrupted as e:
+        if e.signum is not None:
+            raise
+        return experiment.read_metrics(workdir), True
+    except Exception as e:
+        if traffic_common.is_carla(ctx.sim):
+            from simulators.carla import find_no_server_error
+
+            err = find_no_server_error(e, ctx.sim)
+            if err is not None:
+                raise SimulatorUnavailable(f"{err}; the last good iteration is checkpointed in {workdir}") from e
+        raise
+
+
+def reference_signature(cfg: Config, lts_cfg: lts.LTSConfig, sim_info: Mapping[str, Any]) -> dict[str, Any]:
+    """What the psi_real reward depends on; a stored reference is reused only when this matches."""
+    keep = ("seed", "val_size", "test_size", "val_seed", "test_seed", "reference_iterations", "mtm_lr",
+            "mtm_batch_size", "mtm_features", "mtm_hidden", "compute_dtype")  # fmt: skip
+    out = {k: getattr(cfg, k) for k in keep}
+    out.update({k: getattr(lts_cfg, k) for k in ("num_candidates", "dataset_size", "mtm_epochs", "common_sim_key")})
+    out["simulator"] = dict(sim_info)
+    return json.loads(json.dumps(out))  # as it reads back from JSON (tuples -> lists)
+
+
+def reference_reward(cfg: Config, lts_cfg: lts.LTSConfig, ctx: Context, workdir: Path) -> dict[str, Any]:
+    """The reward of training on psi_real under the same K, M and xi: a fixed search at psi_real.
+
+    Runs ``cfg.reference_iterations`` iterations in ``workdir`` (test every iteration) and returns the mean
+    validation and test rewards over them (the paper's "mean reward w/ val params"). A finished reference
+    in ``workdir`` with the same settings is reused.
+    """
+    done = workdir / "results.json"
+    signature = reference_signature(cfg, lts_cfg, ctx.sim_info)
+    if done.exists():
+        stored = json.loads(done.read_text())
+        if stored.get("signature") == signature:
+            return stored["psi_real_reward"]
+    experiment.prepare_workdir(workdir, overwrite=True)
+    strategy = search.FixedSearch(ctx.sim.spec)
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
+    psi = ctx.sim.spec.preset(PSI_REAL)
+    history, _ = run_search(
+        dataclasses.replace(cfg, log_every=0),
+        lts_cfg,
+        strategy,
+        psi,
+        workdir,
+        ctx,
+        key,
+        num_iterations=cfg.reference_iterations,
+        test_every=1,
+        figures=False,
+    )
+    out = {
+        "val": float(np.mean([h["reward_mean"] for h in history])),
+        "test": float(np.mean([h["test_reward"] for h in history])),
+        "iterations": len(history),
+    }
+    experiment.write_json(done, {"experiment": "car_count_psi_real", "psi_real_reward": out, "signature": signature})
+    return out
+
+
+def train_and_evaluate(
+    cfg: Config,
+    lts_cfg: lts.LTSConfig,
+    strategy: Any,
+    workdir: Path,
+    ctx: Context,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    final_psi: np.ndarray | None = None,
+    reference: Mapping[str, Any] | None = None,
+    figures: bool = True,
+) -> dict[str, Any]:
+    """One car_count run: the search, the psi_real reference, results.json and car_count.png.
+
+    ``reference`` (a psi_real reward computed elsewhere, e.g. by the sweep) skips the reference run.
+    """
+    t0 = time.perf_counter()
+    spec = ctx.sim.spec
+    key = jax.random.key(cfg.seed)
+    k_init, k_run = jax.random.split(key)
+    psi0 = initial_point(cfg, spec, k_init, final_psi)
+    logging.info("car_count: %s, %s, method=%s, init=%s", spec, lts_cfg, cfg.method, spec.format(psi0))
+    history, stopped = run_search(
+        cfg,
+        lts_cfg,
+        strategy,
+        psi0,
+        workdir,
+        ctx,
+        k_run,
+        num_iterations=cfg.num_iterations,
+        test_every=cfg.test_every,
+        should_stop=should_stop,
+        figures=figures,
+    )
+    search_time = time.perf_counter() - t0
+    if not history:
+        raise RuntimeError(f"{workdir}: the run stopped before its first iteration")
+    if reference is None and cfg.reference_iterations > 0:
+        reference = reference_reward(cfg, lts_cfg, ctx, workdir / "psi_real")
+    center = np.asarray(history[-1]["center"], np.float32)
+    summary = summarize(history, spec, cfg.final_window)
+    test_reward = {cfg.method: summary["final_test_reward"]}
+    if "final_amtm_test_reward" in summary:
+        test_reward[f"{cfg.method}_amtm"] = summary["final_amtm_test_reward"]
+    if reference:
+        test_reward["psi_real"] = reference["test"]
+    times = [h["time_s"] for h in history]
+    results = {
+        "experiment": NAME,
+        "method": cfg.method,
+        "search": cfg.search,
+        "init": cfg.init,
+        "iterations": len(history),
+        "stopped_early": stopped,
+        "test_reward": test_reward,
+        "psi_real_reward": dict(reference) if reference else None,
+        **summary,
+        **experiment.psi_export(spec, center),
+        "psi_init": spec.describe(np.asarray(psi0, np.float32)),
+        "psi_real": spec.describe(spec.preset(PSI_REAL)),
+        "simulator": dict(ctx.sim_info),
+        "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(lts_cfg)},
+        "timing": {
+            "search_s": search_time,
+            "first_iteration_s": times[0],
+            "iteration_s_median": float(np.median(times[1:] if len(times) > 1 else times)),
+            "total_s": time.perf_counter() - t0,
+        },
+    }
+    experiment.write_json(workdir / "results.json", results)
+    if figures:
+        draw_figures_from_workdir(workdir)
+    logging.info("car_count %s: test reward %s", cfg.method, test_reward)
+    return results
+
+
+# ----- figures -------------------------------------------------------------------------------------------------
+def draw_figures_from_workdir(workdir: Path) -> list[Path]:
+    """car_count.png from a finished run's results.json (the registry entry of ``python -m experiments.plot``)."""
+    workdir = Path(workdir)
+    r = json.loads((workdir / "results.json").read_text())
+    curves, steps = {"MTM val reward (mean over K)": r["val_reward_curve"]}, {}
+    for name, key in (("MTM test reward", "test_reward_curve"), ("AMTM test reward", "amtm_test_reward_curve")):
+        if r.get(key) and r[key]["step"]:
+            curves[name], steps[name] = r[key]["reward"], r[key]["step"]
+    ref = r.get("psi_real_reward") or {}
+    hlines = {"psi_real: val reward": ref["val"], "psi_real: test reward": ref["test"]} if ref else {}
+    path = plots.reward_curves(
+        curves,
+        workdir / "car_count.png",
+        steps=steps,
+        hlines=hlines,
+        ylabel="reward (negative mean L1 count error)",
+        title=f"car counting: {r['method']}, init {r['init']}",
+    )
+    return [path]
+
+
+# ----- flags -> library ----------------------------------------------------------------------------------------
+def config_from_flags() -> Config:
+    return Config(
+        search=common.SEARCH.value,
+        init=common.INIT.value,
+        fixed_params=FIXED_PARAMS_FLAG.value,
+        final_from=FINAL_FROM.value,
+        init_min_prob=INIT_MIN_PROB.value,
+        seed=common.SEED.value,
+        num_iterations=common.NUM_ITERATIONS.value,
+        val_size=VAL_SIZE.value,
+        test_size=TEST_SIZE.value,
+        val_seed=VAL_SEED.value,
+        test_seed=TEST_SEED.value,
+        test_every=common.TEST_EVERY.value,
+        reference_iterations=REFERENCE_ITERATIONS.value,
+        final_window=FINAL_WINDOW.value,
+        mtm_lr=MTM_LR.value,
+        mtm_batch_size=MTM_BATCH_SIZE.value,
+        mtm_features=tuple(int(f) for f in MTM_FEATURES.value),
+        mtm_hidden=MTM_HIDDEN.value,
+        compute_dtype=COMPUTE_DTYPE.value,
+        progress=common.PROGRESS.value,
+        log_every=common.LOG_EVERY.value,
+        checkpoint_every=common.CHECKPOINT_EVERY.value,
+        keep_checkpoints=common.KEEP_CHECKPOINTS.value,
+    )
+
+
+def validate_flags(spec) -> None:
+    """Every car_count flag, before any work (exit 2 naming the flag)."""
+    common.validate_shared()
+    traffic_common.validate()
+    common.validate_init(spec)
+    common.check(
+        FIXED_PARAMS_FLAG.value in FIXED_PARAMS, "fixed_params", FIXED_PARAMS_FLAG.value, " | ".join(FIXED_PARAMS)
+    )
+    if common.SEARCH.value == "fixed" and FIXED_PARAMS_FLAG.value == "final":
+        if not FINAL_FROM.value:
+            raise common.usage_error("--final_from is required with --search=fixed --fixed_params=final")
+        try:
+            read_final_psi(FINAL_FROM.value, spec)
+        except ValueError as e:
+            raise common.usage_error(str(e)) from e
+    common.check(0 <= INIT_MIN_PROB.value < 0.05, "init_min_prob", INIT_MIN_PROB.value, "a float in [0, 0.05)")
+    common.check(VAL_SIZE.value >= 1, "val_size", VAL_SIZE.value, "an integer >= 1")
+    common.check(TEST_SIZE.value >= 1, "test_size", TEST_SIZE.value, "an integer >= 1")
+    common.check(REFERENCE_ITERATIONS.value >= 0, "reference_iterations", REFERENCE_ITERATIONS.value, "an integer >= 0")
+    common.check(FINAL_WINDOW.value >= 1, "final_window", FINAL_WINDOW.value, "an integer >= 1")
+    common.check(MTM_LR.value > 0, "mtm_lr", MTM_LR.value, "a float > 0")
+    common.check(MTM_BATCH_SIZE.value >= 1, "mtm_batch_size", MTM_BATCH_SIZE.value, "an integer >= 1")
+    ok = len(MTM_FEATURES.value) >= 1 and all(f.strip().isdigit() and int(f) >= 1 for f in MTM_FEATURES.value)
+    common.check(ok, "mtm_features", ",".join(MTM_FEATURES.value), "a comma-separated list of integers >= 1")
+    common.check(MTM_HIDDEN.value >= 1, "mtm_hidden", MTM_HIDDEN.value, "an integer >= 1")
+    common.check(
+        COMPUTE_DTYPE.value in COMPUTE_DTYPES, "compute_dtype", COMPUTE_DTYPE.value, " | ".join(sorted(COMPUTE_DTYPES))
+    )
+
+
+def main() -> None:
+    from simulators.traffic.scene import make_spec
+
+    validate_flags(make_spec(traffic_common.LEARN_INTERSECTION.value))
+    traffic_common.setup_compile_cache()
+    cfg = config_from_flags()
+    lts_cfg = common.lts_config()
+    # The compile cache and the render chunk change how fast a run goes, not what it computes.
+    ignore = experiment.RUN_MANAGEMENT_FLAGS | {"compile_cache_dir", "render_chunk"}
+    workdir = experiment.prepare_workdir(
+        common.WORKDIR.value, overwrite=common.OVERWRITE.value, flags=common.shared_flag_values(), ignore=ignore
+    )
+    sim = traffic_common.make_simulator()
+    strategy = common.make_search(cfg.search, sim.spec)
+    ctx = make_context(cfg, sim, traffic_common.simulator_info(), traffic_common.RENDER_CHUNK.value)
+    try:
+        results = train_and_evaluate(cfg, lts_cfg, strategy, workdir, ctx)
+    except SimulatorUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    print(f"test reward: {results['test_reward']}  results: {workdir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    app.run(common.run_main(main))
