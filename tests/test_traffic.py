@@ -217,19 +217,20 @@ def test_sky_above_horizon_ground_below(sim, sample, scenes_fn):
 
 
 def test_weather_changes_image_statistics(sim, sample):
-    """Documented directions: fog lowers contrast; rain darkens the road (wet asphalt, dim light)."""
+    """Documented directions (render.WEATHER_TABLE): fog lowers the contrast (vs clear); rain darkens the road
+    (vs overcast, the other sunless weather: wet asphalt, dimmer sky light)."""
     psi = _set(sim, sim.preset("val"), car_presence=-30.0)
 
     def with_weather(wi):  # the same scenes (same key), only the weather forced
         return _np(sample(jax.random.key(11), jnp.asarray(_set(sim, psi, weather=_onehot_logits(4, wi)))))
 
-    clear, rain, fog = with_weather(0), with_weather(2), with_weather(3)
+    clear, overcast, rain, fog = with_weather(0), with_weather(1), with_weather(2), with_weather(3)
     gray = lambda o: o["image"].astype(np.float32).mean(-1)
     for i in range(NUM):
         assert gray(fog)[i].std() < 0.7 * gray(clear)[i].std()
         road = clear["label"][i] == LB.ROAD
         assert road.any()
-        assert gray(rain)[i][road].mean() < 0.85 * gray(clear)[i][road].mean()
+        assert gray(rain)[i][road].mean() < 0.85 * gray(overcast)[i][road].mean()
     np.testing.assert_array_equal(clear["label"], fog["label"])  # weather changes looks, not geometry
 
 

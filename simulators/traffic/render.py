@@ -116,6 +116,8 @@ CAR_GLOSS = np.array([0.25, 0.55, 0.0, 0.2, 0.05, 0.4, 0.6, 0.0], np.float32)
 # applies gamma 1/2 (a square root), so a sky above 1 saturates as in KITTI's images.
 #   sun: direct sun; amb: sky light; fog_d: e-folding distance of fog / haze (m); fog: its colour;
 #   skyh / skyz: sky at the horizon / zenith; wet: wet road; streaks: rain streaks; clouds: cover.
+# Directions the tests check: fog has a lower image contrast than clear; rain's road is darker than
+# overcast's (wet asphalt, dimmer light); clear has sun and hard shadows, fog a dim sun, the others none.
 WEATHER_FIELDS = ("sun", "amb_r", "amb_g", "amb_b", "fog_d", "fog_r", "fog_g", "fog_b", "skyh_r", "skyh_g", "skyh_b",
                   "skyz_r", "skyz_g", "skyz_b", "wet", "streaks", "clouds", "exposure")  # fmt: skip
 WEATHER_TABLE = np.array(
