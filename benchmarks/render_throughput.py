@@ -21,9 +21,14 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import sys
 import time
+from pathlib import Path
 
 from absl import app, flags
+
+# Runnable from a plain checkout too (``python benchmarks/render_throughput.py`` without installing).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 _OUT = flags.DEFINE_string("out", None, "write the JSON results here")
 _BACKEND = flags.DEFINE_string("backend", None, "JAX backend (cpu, gpu, tpu); default: JAX's default")
