@@ -26,6 +26,7 @@ class TrafficSimulator:
         uniform L/T/X).
       min_visible_pixels: visibility threshold for ``counts``; default layout.MIN_VISIBLE_PIXELS
         (10) scaled with the image area relative to 96x320.
+      materialize: the renderer's XLA:CPU tuning (render.Renderer); same images either way.
 
     Attributes:
       spec: the ParamSpec (scene.make_spec); presets "default", "val", "adversarial".
@@ -38,10 +39,11 @@ class TrafficSimulator:
         width: int = 320,
         learn_intersection: bool = False,
         min_visible_pixels: int | None = None,
+        materialize: bool = True,
     ):
         self.height, self.width = int(height), int(width)
         self.spec: ParamSpec = S.make_spec(learn_intersection=learn_intersection)
-        self.renderer = Renderer(self.height, self.width, min_visible_pixels)
+        self.renderer = Renderer(self.height, self.width, min_visible_pixels, materialize=materialize)
         self.min_visible_pixels = self.renderer.min_visible_pixels
 
     def __repr__(self) -> str:
