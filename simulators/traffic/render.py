@@ -57,8 +57,9 @@ Approximations (documented): pitch as a principal-point shift; a column meets at
 most 3 lots of houses, 2 trees and 2 houses of the end row (a ray through several
 empty lots may miss a house far behind them); kerb faces take the depth of the
 road plane behind them; car shadows treat the car as a box of mean cabin height;
-house shadows use the eave height plus half the roof; a car pixel takes the sun
-shadow of the surface behind it; the sun does not shadow facades from cars.
+house shadows use the eave height plus half the roof and ignore the gaps between
+houses; a car pixel takes the sun shadow of the surface behind it; the sun does not
+shadow facades from cars.
 """
 
 from __future__ import annotations
@@ -1154,8 +1155,9 @@ class Renderer:
         yc = py + s * sun[1]
         k = jnp.clip(jnp.floor(zc * (1.0 / bl)).astype(jnp.int32), -1, L.MAX_BLOCKS)
         h = jnp.where((k >= 0) & (k < L.MAX_BLOCKS), h_tab[jnp.clip(k, 0, L.MAX_BLOCKS - 1)], -1.0)
-        fz = zc - k.astype(jnp.float32) * bl
-        lit = ~((s > 0.02) & (yc < h) & (fz > L.HOUSE_GAP / 2) & (fz < bl - L.HOUSE_GAP / 2))
+        # the narrow gaps between neighbouring houses are ignored: they would stripe the street with
+        # thin shafts of sun
+        lit = ~((s > 0.02) & (yc < h))
         # tree crowns on the sun's side, dappled
         st = (L.TREE_X - sgs * px) * inv_sx
         zt = pz + st * sun[2]
