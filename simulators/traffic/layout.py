@@ -33,9 +33,7 @@ SIDE_ROAD_LENGTH = 40.0  # how far the intersection's side roads extend
 
 CAMERA_HEIGHT = 1.65
 CAMERA_X = LANE_WIDTH / 2  # centre of the right lane
-CAMERA_Z = -6.0  # the camera stands one block before the first block (was -2.0: a car in block 0 of the
-# camera's lane then stood ~2 m from the lens and filled a third of the images; KITTI's nearest car ahead is
-# rarely closer than ~6 m)
+CAMERA_Z = -2.0  # the camera stands a little before the first block
 # KITTI's colour camera: fx = 721.5 px at 1242 px image width (81 degrees horizontal FOV).
 KITTI_FX_OVER_WIDTH = 721.5377 / 1242.0
 
