@@ -8,7 +8,8 @@ Sub-runs (each a car_count run in WORKDIR/runs/NAME; all with the AMTM unless no
   psi_real         fixed search at psi_real: the reference line ("mean reward w/ val params", Fig. 4, 9)
                    and the AMTM "validation params" (Fig. 5a)
   lts_random       LTS from a random psi (seed 0): Fig. 4a/b, 5a, 7, 9
-  lts_adversarial  LTS from the simulator's "adversarial" preset: Fig. 4a/b, 5b
+  lts_adversarial  LTS from the simulator's "adversarial" preset (almost no cars, pickups, fog): Fig. 4a/b, 5b
+  lts_adversarial_crowded   the same with car presence 0.9 (car_count.INIT_VARIANTS says why): Fig. 4a/b, 5b
   random_params    fresh uniform psi every iteration: Fig. 5a
   final_params     fixed search at lts_random's final psi: Fig. 5a
   lts_seed1, ...   LTS from other random inits and seeds (--num_seeds in all, with lts_random): Fig. 4c, 9
@@ -73,9 +74,9 @@ SCALES: dict[str, dict[str, Any]] = {
         render_chunk=16, xi_values=["1", "2"], m_values=["4", "8"], num_seeds=2, big_size=32, big_epochs=1,
         time_budget_s=0.0, min_iterations=1, final_window=2, checkpoint_every=0, log_every=0,
     ),
-    # About 15 minutes on 2 CPU cores (32x96 images).
+    # About 10 minutes on 2 CPU cores (32x96 images; ~1 s per iteration).
     "quick": dict(
-        height=32, width=96, num_iterations=20, num_candidates=8, dataset_size=50, mtm_epochs=3, val_size=200,
+        height=32, width=96, num_iterations=40, num_candidates=8, dataset_size=50, mtm_epochs=3, val_size=200,
         test_size=200, test_every=2, render_chunk=200, xi_values=["1", "3"], m_values=["20", "50"], num_seeds=3,
         big_size=1000, big_epochs=3, time_budget_s=0.0, min_iterations=5, final_window=3, checkpoint_every=0,
         log_every=5,
@@ -140,6 +141,7 @@ class Plan:
             SubRun("psi_real", dataclasses.replace(b, search="fixed", fixed_params="val"), lb),
             SubRun("lts_random", dataclasses.replace(b, search="lts", init="random"), lb),
             SubRun("lts_adversarial", dataclasses.replace(b, search="lts", init="adversarial"), lb),
+            SubRun("lts_adversarial_crowded", dataclasses.replace(b, search="lts", init="adversarial_crowded"), lb),
             SubRun("random_params", dataclasses.replace(b, search="random_params", init="random"), lb),
             SubRun(
                 "final_params", dataclasses.replace(b, search="fixed", fixed_params="final"), lb, needs="lts_random"
@@ -190,14 +192,16 @@ class Budget:
         if not self.enabled:
             return None
         share = self.left() * work / max(remaining_work, work)
-        start = time.perf_counter()
         metrics = Path(workdir) / "metrics.jsonl"
         logging.info("budget: %.0f s for %s (%.0f s left)", share, workdir.name, self.left())
+        start = []  # the share's clock starts after the first iteration, so compilation does not eat it
 
         def should_stop() -> bool:
-            if time.perf_counter() - start < share:
-                return False
             done = sum(1 for _ in open(metrics)) if metrics.exists() else 0
+            if done and not start:
+                start.append(time.perf_counter())
+            if not start or time.perf_counter() - start[0] < share:
+                return False
             return done >= self.min_iterations
 
         return should_stop
@@ -411,16 +415,19 @@ def analyze(summary: Mapping[str, Any]) -> dict[str, Any]:
         }
     if finals.get("lts_random") is not None and finals.get("random_params") is not None:
         targets["lts_beats_random_params"] = {"ok": finals["lts_random"] > finals["random_params"]}
-    adv = runs.get("lts_adversarial")
-    if ref and adv and adv.get("status") == "done":
-        start = adv["test_reward_curve"]["reward"][0]
-        gap = abs(adv["final_test_reward"] - ref["test"]) / abs(ref["test"])
-        targets["adversarial_converges"] = {
-            "first": start,
-            "final": adv["final_test_reward"],
-            "gap": gap,
-            "ok": gap <= 0.05,
-        }
+    for name, target in (
+        ("lts_adversarial", "adversarial_converges"),
+        ("lts_adversarial_crowded", "adversarial_crowded_converges"),
+    ):
+        adv = runs.get(name)
+        if ref and adv and adv.get("status") == "done" and adv["test_reward_curve"]["reward"]:
+            gap = abs(adv["final_test_reward"] - ref["test"]) / abs(ref["test"])
+            targets[target] = {
+                "first": adv["test_reward_curve"]["reward"][0],
+                "final": adv["final_test_reward"],
+                "gap": gap,
+                "ok": bool(gap <= 0.05 or adv["final_test_reward"] > ref["test"]),
+            }
     if len(seeds) >= 2 and ref:
         band = max(seeds) - min(seeds)
         targets["seeds_within_band"] = {"finals": seeds, "band": band, "relative": band / abs(ref["test"]),
@@ -446,13 +453,16 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
         ("psi_real reward (MTM, test; the reference line)", fmt(ref and ref["test"]), "the line LTS should reach", ""),
         ("LTS, random init: final MTM test reward", fmt(f.get("lts_random")), "reaches the psi_real reward (Fig. 4)",
          ok("lts_within_5pct_of_psi_real")),
-        ("LTS, adversarial init", fmt(f.get("lts_adversarial")), "converges too, more slowly (Fig. 4)",
-         ok("adversarial_converges")),
+        ("LTS, adversarial init (preset: almost no cars)", fmt(f.get("lts_adversarial")),
+         "converges too, more slowly (Fig. 4)", ok("adversarial_converges")),
+        ("LTS, adversarial init, crowded (preset with car presence 0.9)", fmt(f.get("lts_adversarial_crowded")),
+         "converges too, more slowly (Fig. 4)", ok("adversarial_crowded_converges")),
         ("random params (MTM)", fmt(f.get("random_params")), "LTS beats it", ok("lts_beats_random_params")),
         ("AMTM: LTS / random params / final params / val params",
          " / ".join(fmt(am.get(k)) for k in ("lts_random", "random_params", "final_params", "psi_real")),
          "LTS close to val params, above final and random params (Fig. 5a)", ""),
-        ("AMTM, LTS adversarial init", fmt(am.get("lts_adversarial")), "converges (Fig. 5b)", ""),
+        ("AMTM, LTS adversarial init (preset / crowded)",
+         f"{fmt(am.get('lts_adversarial'))} / {fmt(am.get('lts_adversarial_crowded'))}", "converges (Fig. 5b)", ""),
         ("AMTM over xi", xi, "all of 1, 3, 7, 10 converge (Fig. 5c)", ""),
         ("final psi -> big data set -> test L1, per M", f"{m}; psi_real: {fmt(big.get('psi_real', {}).get('test_l1'))}",
          "M = 20 already suffices (Fig. 8)", ""),
@@ -526,7 +536,8 @@ def draw_figures(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:
         written.append(out_dir / name)
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    lts_pair = [("lts_random", "LTS (random init)"), ("lts_adversarial", "LTS (adversarial init)")]
+    lts_pair = [("lts_random", "LTS (random init)"), ("lts_adversarial", "LTS (adversarial init)"),
+                ("lts_adversarial_crowded", "LTS (adversarial init, crowded)")]  # fmt: skip
     _panel(axes[0], summary, lts_pair, "val_reward_curve", "Fig. 4a: validation reward (MTM)", "val")
     _panel(axes[1], summary, lts_pair, "test_reward_curve", "Fig. 4b: test reward (MTM)", "test")
     inits = [("lts_random", "LTS, random init 1")] + [(s, f"LTS, random init {i + 2}") for i, s in enumerate(seeds)]
@@ -537,7 +548,8 @@ def draw_figures(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:
     amtm = [("lts_random", "LTS"), ("random_params", "random policy params"), ("final_params", "final policy params"),
             ("psi_real", "validation params")]  # fmt: skip
     _panel(axes[0], summary, amtm, "amtm_test_reward_curve", "Fig. 5a: AMTM test reward")
-    adv = [("lts_adversarial", "LTS (adversarial init)"), ("psi_real", "validation params")]
+    adv = [("lts_adversarial", "LTS (adversarial init)"), ("lts_adversarial_crowded", "LTS (adversarial, crowded)"),
+           ("psi_real", "validation params")]  # fmt: skip
     _panel(axes[1], summary, adv, "amtm_test_reward_curve", "Fig. 5b: AMTM, adversarial init")
     xis = [(_run_for(summary, "xi", v), f"xi = {v}") for v in summary["plan"]["xi_values"]]
     _panel(axes[2], summary, xis, "amtm_test_reward_curve", "Fig. 5c: AMTM test reward over xi")
@@ -597,7 +609,7 @@ def _ints(name: str, values: Sequence[str]) -> tuple[int, ...]:
 
 def plan_from_flags() -> Plan:
     base = car_count.config_from_flags()
-    names = {"psi_real", "lts_random", "lts_adversarial", "random_params", "final_params", "big"}
+    names = {"big"}
     only = tuple(ONLY.value) if ONLY.value else None
     plan = Plan(
         base=base,

@@ -19,7 +19,6 @@ drive it unchanged. A CARLA simulator renders on the host (no compilation); it p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -336,10 +335,3 @@ def floor_probabilities(spec: ParamSpec, psi, min_prob: float) -> np.ndarray:
             q = np.clip(p, min_prob, 1 - min_prob)
             psi[sl] = np.log(q) - np.log1p(-q)
     return psi
-
-
-def iterations_for_budget(seconds: float, per_iteration_s: float, planned: int, minimum: int = 1) -> int:
-    """How many iterations fit in ``seconds`` at ``per_iteration_s`` each, within [minimum, planned]."""
-    if not math.isfinite(seconds) or per_iteration_s <= 0:
-        return planned
-    return int(max(minimum, min(planned, math.floor(seconds / per_iteration_s))))

@@ -194,7 +194,8 @@ def test_sweep_tiny_figures_and_resume(tmp_path, cache_dir):
     proc = _run(args, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((summary_dir / "sweep_results.json").read_text())
-    expected = {"psi_real", "lts_random", "lts_adversarial", "random_params", "final_params", "lts_seed1"}
+    expected = {"psi_real", "lts_random", "lts_adversarial", "lts_adversarial_crowded", "random_params", "final_params",
+                "lts_seed1"}  # fmt: skip
     assert set(s["runs"]) == expected
     assert all(v["status"] == "done" for v in s["runs"].values()), {k: v.get("error") for k, v in s["runs"].items()}
     assert s["big"]["M8"]["status"] == "done" and s["big"]["psi_real"]["test_l1"] > 0
@@ -231,3 +232,20 @@ def test_sweep_summary_survives_failed_runs(tmp_path):
     t = summary["analysis"]["targets"]
     assert t["lts_within_5pct_of_psi_real"]["ok"] and "lts_beats_random_params" not in t
     assert "n/a" in (tmp_path / "sweep_table.md").read_text()
+
+
+def test_budget_stops_after_share_and_min_iterations(tmp_path):
+    """A sub-run's share of the budget starts after its first iteration; it never stops before min_iterations."""
+    import time
+
+    budget = car_count_sweep.Budget(total_s=0.05, t0=time.perf_counter(), min_iterations=3)
+    stop = budget.stopper(work=1.0, remaining_work=2.0, workdir=tmp_path)  # share: ~0.025 s
+    metrics = tmp_path / "metrics.jsonl"
+    assert not stop()  # no iteration yet
+    metrics.write_text("{}\n")
+    assert not stop()  # the share starts now
+    time.sleep(0.06)
+    assert not stop()  # share spent, but only 1 of 3 iterations
+    metrics.write_text("{}\n" * 3)
+    assert stop()
+    assert car_count_sweep.Budget(0.0, time.perf_counter(), 1).stopper(1.0, 1.0, tmp_path) is None  # no budget
