@@ -53,6 +53,10 @@ E = layout.END_HOUSE_COUNT = 13; "side" 0 is left (x < 0), 1 right (x > 0)):
   - ``seed``            uint32 []          texture seed (noise patterns, skyline profile), 24 bits.
 
 Blocks at index >= road_length have no car, house, tree or pole.
+
+Randomness: one draw of random bits per call; every scene variable has its own slot of
+them, so with the same key, changing one block of psi changes only the variables drawn
+from that block (e.g. forcing the weather leaves the geometry as it was).
 """
 
 from __future__ import annotations
