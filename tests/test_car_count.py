@@ -249,3 +249,57 @@ def test_budget_stops_after_share_and_min_iterations(tmp_path):
     metrics.write_text("{}\n" * 3)
     assert stop()
     assert car_count_sweep.Budget(0.0, time.perf_counter(), 1).stopper(1.0, 1.0, tmp_path) is None  # no budget
+
+
+# ----- the CARLA backend through the split step ------------------------------------------------------------------
+class FlakySession:
+    """FakeSession that fails every render after the first ``ok`` renders (all sessions together)."""
+
+    renders = 0
+
+    def __init__(self, host, port, ok):
+        from simulators.carla.testing import FakeSession
+
+        self.inner, self.ok = FakeSession(host, port, 16, 16), ok
+
+    def render(self, scene):
+        FlakySession.renders += 1
+        if FlakySession.renders > self.ok:
+            raise ConnectionError("server went away")
+        return self.inner.render(scene)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_carla_renderer_and_lost_servers(tmp_path):
+    """Scenes rendered on the host pool match the bridge's; when every server is gone the run stops with
+    SimulatorUnavailable naming the hosts, and the last good iteration is checkpointed."""
+    from experiments import car_count
+    from lts_jax import checkpoint
+    from simulators.carla import CarlaPool, CarlaSimulator
+    from simulators.carla.testing import FakeSession, FakeTraffic
+
+    traffic = FakeTraffic()
+    good = CarlaSimulator(None, 16, 16, traffic=traffic, pool=CarlaPool("a:1", lambda h, p: FakeSession(h, p, 16, 16)))
+    renderer = traffic_common.SceneRenderer(good, chunk=4, keys=("image", "counts"))
+    psi = jnp.zeros(traffic.spec.dim)
+    ours = renderer.sample(jax.random.key(3), psi, 6)
+    bridge = jax.jit(lambda k: good.sample(k, psi, 6))(jax.random.key(3))
+    np.testing.assert_array_equal(ours["counts"], bridge["counts"])
+    np.testing.assert_array_equal(ours["image"], bridge["image"])
+
+    FlakySession.renders = 0
+    pool = CarlaPool("a:1,b:2", lambda h, p: FlakySession(h, p, ok=12 + 2 * 4), max_retries=0, backoff_s=0.0)
+    sim = CarlaSimulator(None, 16, 16, traffic=traffic, pool=pool)
+    flaky = traffic_common.SceneRenderer(sim, chunk=4, keys=("image", "counts"))
+    val, test = flaky.sample(jax.random.key(1), psi, 6), flaky.sample(jax.random.key(2), psi, 6)  # 12 renders
+    ctx = car_count.Context(sim, flaky, LinearCountTask(), traffic_common.Programs(), val, test, {"name": "traffic"})
+    cfg = car_count.Config(progress=False, log_every=0, checkpoint_every=0)
+    config = lts.LTSConfig(num_candidates=2, dataset_size=2, mtm_epochs=1)  # 4 renders per iteration: 2 succeed
+    pol = policy.GaussianPolicy(traffic.spec)
+    with pytest.raises(car_count.SimulatorUnavailable, match="a:1"):
+        car_count.run_search(cfg, config, pol, np.zeros(traffic.spec.dim, np.float32), tmp_path, ctx,
+                             jax.random.key(0), num_iterations=5, test_every=0)  # fmt: skip
+    assert checkpoint.list_steps(tmp_path / "checkpoints")[-1] == 2
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
