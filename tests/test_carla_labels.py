@@ -169,10 +169,11 @@ def test_frames_and_projection():
     uv, depth = convert.project_points(pts, cam, 96, 320)
     cy = convert.camera_intrinsics(96, 320)[1, 2]
     np.testing.assert_allclose(uv[0], [160, cy], atol=1e-6)
-    np.testing.assert_allclose(depth, 30.0 - L.CAMERA_Z)
+    d = 30.0 - L.CAMERA_Z  # the points' distance ahead of the camera
+    np.testing.assert_allclose(depth, d)
     f = 320 * L.KITTI_FX_OVER_WIDTH
-    np.testing.assert_allclose(uv[1], [160 + f * 2.0 / 32.0, cy], atol=1e-6)
-    np.testing.assert_allclose(uv[2], [160, cy + f * L.CAMERA_HEIGHT / 32.0], atol=1e-6)
+    np.testing.assert_allclose(uv[1], [160 + f * 2.0 / d, cy], atol=1e-6)
+    np.testing.assert_allclose(uv[2], [160, cy + f * L.CAMERA_HEIGHT / d], atol=1e-6)
     # Pitching the camera down (positive camera_pitch) moves a point on the axis up in the image.
     down = convert.camera_placement(make_scene(road_length=12, intersection=2, camera_pitch=0.1))
     assert down.pitch == pytest.approx(-math.degrees(0.1))

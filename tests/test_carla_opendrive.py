@@ -44,10 +44,14 @@ def test_straight_length_and_frame(inter):
         np.testing.assert_allclose(ys, cy, atol=1e-3)
         np.testing.assert_allclose(yaws, 0.0, atol=1e-3)
         assert all(not w.is_junction for w in wps)
-        # The camera stands on the lead-in road.
+        # The camera (layout z = CAMERA_Z < 0, before the first block) stands in the right
+        # lane of the lead-in road, which goes on behind it.
+        assert 0 < -L.CAMERA_Z < opendrive.LEAD_IN
         cam = convert.layout_to_carla((0.0, 0.0), L.CAMERA_X, 0.0, L.CAMERA_Z)
         w = m.get_waypoint(carla.Location(*cam), project_to_road=False)
-        assert w is not None and w.lane_id == -1
+        assert w is not None and w.lane_id == -1 and w.lane_type == carla.LaneType.Driving
+        assert w.road_id == _road(n, inter, opendrive.LEAD_IN_ID)
+        assert w.s == pytest.approx(opendrive.LEAD_IN + L.CAMERA_Z, abs=0.1)
 
 
 @pytest.mark.parametrize("inter,legs", [(1, 3), (2, 4)], ids=["T", "X"])
@@ -75,14 +79,14 @@ def test_l_is_a_bend_not_a_junction():
         assert not any(w.is_junction for w in m.generate_waypoints(1.0))
         w = _walk_straight(m, n, 0)[-1]
         yaws = []
-        for _ in range(int(opendrive.BEND_RADIUS * math.pi / 2 / 0.5) + 20):
+        for _ in range(int(L.BEND_RADIUS * math.pi / 2 / 0.5) + 20):
             nxt = w.next(0.5)
             assert len(nxt) == 1  # no branching anywhere
             w = nxt[0]
             yaws.append(w.transform.rotation.yaw)
         turn = (yaws[-1] - 0.0 + 180.0) % 360.0 - 180.0
         # L_TURN = "left": towards layout x < 0, i.e. CARLA y < 0, i.e. yaw -90.
-        expected = -90.0 if opendrive.L_TURN == "left" else 90.0
+        expected = -90.0 if L.L_TURN == "left" else 90.0
         assert turn == pytest.approx(expected, abs=1.0)
         assert w.road_id == _road(n, 0, opendrive.EXIT_ID)
 

@@ -252,9 +252,11 @@ def server(monkeypatch, request):
     return world
 
 
+# The sedan of block 0 hides all but a sliver of the SUV of block 7 behind it (both in
+# the camera's lane, 9 m and 51 m from the camera at CAMERA_Z = -6).
 SCENE = dict(
     road_length=12, intersection=1,
-    cars={1: (0, 0), 4: (4, 1), 7: (2, 0)},
+    cars={0: (0, 0), 4: (4, 1), 7: (2, 0)},
     houses={(0, 0): 8.0, (2, 1): 5.0},
     weather=2,
 )  # fmt: skip
@@ -275,19 +277,22 @@ def test_render_scene(server):
     assert out["label"].dtype == np.uint8 and out["instance"].dtype == np.int32
     np.testing.assert_array_equal(out["image"][0, :, 0], np.arange(W))  # BGRA -> RGB
     # Instances: the three cars, each of their pixels labelled car (the pickup is tagged Truck).
-    assert set(np.unique(out["instance"]).tolist()) == {0, 2, 5, 8}
+    assert set(np.unique(out["instance"]).tolist()) == {0, 1, 5, 8}
     assert (out["label"][out["instance"] > 0] == labels.CITYSCAPES["car"]).all()
-    # The SUV in block 7 stands behind the sedan of block 1 in the camera's lane: too few pixels to count.
+    # The SUV in block 7 stands behind the sedan of block 0 in the camera's lane: too few pixels to count,
+    # though its unoccluded box would count (occlusion, not distance, drops it).
     assert 0 < (out["instance"] == 8).sum() < MIN_PIXELS
+    ((u0, v0, u1, v1),) = [box for type_id, box in server.boxes.values() if type_id == convert.CAR_BLUEPRINTS["suv"][0]]
+    assert (u1 - u0 + 1) * (v1 - v0 + 1) >= MIN_PIXELS
     np.testing.assert_array_equal(out["counts"], [1, 0, 0, 0, 1])
     # Houses (untagged engine cubes) are relabelled building.
     assert (out["label"] == labels.CITYSCAPES["building"]).sum() > 0
     assert set(np.unique(out["label"]).tolist()) <= {0, 7, 11, 23, 26}
     # ... but the void stays unlabeled.
     assert (out["label"][-3:] == 0).any()
-    # The crop of the extra top rows: the sedan (block 1) appears where the delivered
+    # The crop of the extra top rows: the sedan (block 0) appears where the delivered
     # image's camera model projects its box.
-    rows, cols = np.nonzero(out["instance"] == 2)
+    rows, cols = np.nonzero(out["instance"] == 1)
     ((u0, v0, u1, v1),) = [
         box for type_id, box in server.boxes.values() if type_id == convert.CAR_BLUEPRINTS["sedan"][0]
     ]

@@ -18,7 +18,7 @@ Roads of one layout (road id = 100 * layout index + local id):
 - 0 ``lead_in``: LEAD_IN metres ending at x = 0, so the camera (which stands at
   layout z = CAMERA_Z < 0) is on the road;
 - 1 ``straight``: the N blocks, x in [0, N * BLOCK_LENGTH];
-- L: 2 ``bend`` (a 90 degree arc of BEND_RADIUS, NOT a junction) and 3 ``exit``
+- L: 2 ``bend`` (a 90 degree arc of L.BEND_RADIUS towards L.L_TURN, NOT a junction) and 3 ``exit``
   (SIDE_ROAD_LENGTH, straight);
 - T, X: a junction occupying the square x in [L, L + ROAD_WIDTH],
   |y| <= ROAD_WIDTH / 2, legs 4 ``left``, 5 ``right`` (SIDE_ROAD_LENGTH each) and,
@@ -45,7 +45,6 @@ from collections.abc import Sequence
 from simulators.traffic import layout as L
 
 LEAD_IN = 20.0  # metres of road behind the first block (the camera stands at z = CAMERA_Z)
-BEND_RADIUS = 8.0  # centre-line radius of the L bend; its inner sidewalk edge is 2 m from the arc centre
 JUNCTION_HALF = L.ROAD_WIDTH / 2  # half side of the junction square; a turn is a quarter circle of this radius
 # Layouts are ATLAS_SPACING apart sideways. The farthest point of a layout ahead of
 # its camera is ~ LEAD_IN + 18 * 6 + 7 + 40 < 180 m, the widest ~ 70 m to the side
@@ -54,7 +53,6 @@ JUNCTION_HALF = L.ROAD_WIDTH / 2  # half side of the junction square; a turn is 
 ATLAS_SPACING = 400.0
 INTERSECTION_KINDS = L.INTERSECTIONS  # ("L", "T", "X")
 NUM_LAYOUTS = L.NUM_LENGTHS * len(INTERSECTION_KINDS)
-L_TURN = "left"  # direction of the L bend, seen from the camera
 
 # Local road ids (see the module docstring).
 LEAD_IN_ID, STRAIGHT_ID, BEND_ID, AHEAD_ID, LEFT_ID, RIGHT_ID, EXIT_ID = 0, 1, 2, 3, 4, 5, 3
@@ -215,8 +213,9 @@ def _layout_roads(num_blocks: int, intersection: int, index: int, x0: float, y0:
     if kind == "L":
         # OpenDRIVE turns left with positive curvature; "left" seen from a camera
         # looking down +x is +y in OpenDRIVE (-y in CARLA, layout x < 0).
-        sign = 1.0 if L_TURN == "left" else -1.0
-        bend = _Geometry(end_x, y0, 0.0, 0.5 * math.pi * BEND_RADIUS, sign / BEND_RADIUS)
+        # L.BEND_RADIUS: centre-line radius; its inner sidewalk edge is 2 m from the arc centre.
+        sign = 1.0 if L.L_TURN == "left" else -1.0
+        bend = _Geometry(end_x, y0, 0.0, 0.5 * math.pi * L.BEND_RADIUS, sign / L.BEND_RADIUS)
         bx, by, bh = bend.end()
         roads[1].successor = ("road", rid(BEND_ID), "start")
         roads += [

@@ -33,7 +33,7 @@ SIDE_ROAD_LENGTH = 40.0  # how far the intersection's side roads extend
 
 CAMERA_HEIGHT = 1.65
 CAMERA_X = LANE_WIDTH / 2  # centre of the right lane
-CAMERA_Z = -2.0  # the camera stands a little before the first block
+CAMERA_Z = -6.0  # a block before block 0: at -2 a car in block 0 filled a third of the image (not KITTI-like)
 # KITTI's colour camera: fx = 721.5 px at 1242 px image width (81 degrees horizontal FOV).
 KITTI_FX_OVER_WIDTH = 721.5377 / 1242.0
 
