@@ -283,7 +283,8 @@ def evaluate_dir(workdir: str | Path, eval_dir: str, log: Callable[[str], None] 
     if results.get("experiment") != NAME:
         raise ValueError(f"{path} is not a {NAME} run (experiment: {results.get('experiment')!r})")
     c = results["config"]
-    mtm_cfg = seg_common.MTMConfig(**{f.name: c[f"mtm_{f.name}"] for f in dataclasses.fields(seg_common.MTMConfig)})
+    fields = dataclasses.fields(seg_common.MTMConfig)
+    mtm_cfg = seg_common.MTMConfig(**{f.name: c.get(f"mtm_{f.name}", f.default) for f in fields})
     H, W = int(c["height"]), int(c["width"])
     pieces = seg_common.Pieces(seg_common.make_task(mtm_cfg, H, W), 1)
     data = kitti.load_kitti(eval_dir, (H, W))
@@ -291,11 +292,14 @@ def evaluate_dir(workdir: str | Path, eval_dir: str, log: Callable[[str], None] 
     like = pieces.task.param_shapes()
     car, miou = {}, {}
     for method, ckpt in results["checkpoints"].items():
-        ckpt_path = Path(ckpt)
-        if not ckpt_path.is_absolute() and not ckpt_path.exists():
-            ckpt_path = Path(workdir) / ckpt
-        if not ckpt_path.exists():
-            raise ValueError(f"the best MTM of {method} is missing: {ckpt_path} (was --run_dir removed?)")
+        # The recorded (absolute) path; else the default layout, for a workdir that was moved or copied.
+        candidates = [Path(ckpt), Path(workdir) / method / seg_common.BEST_PARAMS]
+        ckpt_path = next((c for c in candidates if c.is_file()), None)
+        if ckpt_path is None:
+            raise ValueError(
+                f"the best MTM of {method} is missing: neither {candidates[0]} nor {candidates[1]} exists "
+                "(was --run_dir removed?)"
+            )
         m = pieces.metrics(seg.load_params(ckpt_path, like), data)
         car[method], miou[method] = m["car_iou"], m["mean_iou"]
     results["eval_car_iou"], results["eval_mean_iou"] = car, miou
