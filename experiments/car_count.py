@@ -72,21 +72,23 @@ INIT_MIN_PROB = flags.DEFINE_float(
 FINAL_FROM = flags.DEFINE_string(
     "final_from", None, "With --fixed_params=final: a finished run's workdir whose results.json holds psi_raw."
 )
-VAL_SIZE = flags.DEFINE_integer("val_size", 200, "Validation images rendered with psi_real.")
-TEST_SIZE = flags.DEFINE_integer("test_size", 200, "Test images rendered with psi_real.")
-VAL_SEED = flags.DEFINE_integer("val_seed", 1001, "Seed of the validation set.")
-TEST_SEED = flags.DEFINE_integer("test_seed", 2002, "Seed of the test set.")
+# Shared with other experiments (experiments/common.py): validation / test sets rendered with psi_real.
+VAL_SIZE, TEST_SIZE, VAL_SEED, TEST_SEED = common.VAL_SIZE, common.TEST_SIZE, common.VAL_SEED, common.TEST_SEED
 REFERENCE_ITERATIONS = flags.DEFINE_integer(
     "reference_iterations", 10, "Iterations of the fixed search at psi_real giving the psi_real reward (0: skip)."
 )
 FINAL_WINDOW = flags.DEFINE_integer("final_window", 5, "Test evaluations averaged into the final test reward.")
-MTM_LR = flags.DEFINE_float("mtm_lr", 3e-3, "Learning rate (Adam) of the counting CNN.")
+MTM_LR = common.MTM_LR  # Adam, of the counting CNN
 MTM_BATCH_SIZE = flags.DEFINE_integer("mtm_batch_size", 16, "Minibatch size of the counting CNN.")
 MTM_FEATURES = flags.DEFINE_list("mtm_features", ["16", "32", "64", "128"], "Channels of the CNN's 4 conv layers.")
 MTM_HIDDEN = flags.DEFINE_integer("mtm_hidden", 128, "Units of the CNN's hidden dense layer.")
-COMPUTE_DTYPE = flags.DEFINE_string("compute_dtype", "float32", "CNN compute dtype: float32 or bfloat16.")
+COMPUTE_DTYPE = common.COMPUTE_DTYPE
 
 common.set_defaults(
+    mtm_lr=3e-3,
+    compute_dtype="float32",
+    val_size=200,
+    test_size=200,
     num_iterations=200,
     num_candidates=8,
     dataset_size=100,

@@ -53,6 +53,15 @@ EVAL_STRATEGY = flags.DEFINE_string(
 COMMON_SIM_KEY = flags.DEFINE_bool(
     "common_sim_key", False, "Sample the K candidates' data with one simulator key (common random numbers)."
 )
+VAL_SIZE = flags.DEFINE_integer("val_size", 200, "Validation examples drawn with the real / validation parameters.")
+TEST_SIZE = flags.DEFINE_integer("test_size", 200, "Test examples drawn with the real / validation parameters.")
+VAL_SEED = flags.DEFINE_integer("val_seed", 1001, "Seed of the validation set.")
+TEST_SEED = flags.DEFINE_integer("test_seed", 2002, "Seed of the test set.")
+MTM_LR = flags.DEFINE_float("mtm_lr", 1e-3, "Learning rate of the main task models.")
+COMPUTE_DTYPE = flags.DEFINE_enum(
+    "compute_dtype", "float32", ["float32", "bfloat16"], "MTM compute dtype (parameters stay float32)."
+)
+METHODS = flags.DEFINE_list("methods", [], "Methods to run (experiments comparing several; see their docstrings).")
 TEST_EVERY = flags.DEFINE_integer("test_every", 0, "Evaluate on the test set every N iterations (0: only at the end).")
 OVERWRITE = flags.DEFINE_bool(
     "overwrite",

@@ -26,16 +26,15 @@ from lts_jax.tasks.svm import SVMTask, fit_svc
 from simulators import gmm
 
 NUM_GAUSSIANS = flags.DEFINE_integer("num_gaussians", 2, "Gaussians per class in the simulator q (Table 2: 1 or 2).")
-VAL_SIZE = flags.DEFINE_integer("val_size", 500, "Validation points drawn from p.")
-TEST_SIZE = flags.DEFINE_integer("test_size", 1000, "Test points drawn from p.")
-VAL_SEED = flags.DEFINE_integer("val_seed", 1001, "Seed of the validation set.")
-TEST_SEED = flags.DEFINE_integer("test_seed", 2002, "Seed of the test set.")
+VAL_SIZE, TEST_SIZE, VAL_SEED, TEST_SEED = common.VAL_SIZE, common.TEST_SIZE, common.VAL_SEED, common.TEST_SEED
 SVM_C = flags.DEFINE_float("svm_c", 1.0, "C of the RBF SVM.")
 EVAL_REPEATS = flags.DEFINE_integer(
     "eval_repeats", 5, "Final test accuracy: mean over this many training sets drawn from the learned q (and from p)."
 )
 
 common.set_defaults(
+    val_size=500,
+    test_size=1000,
     num_iterations=300,
     num_candidates=8,
     dataset_size=250,

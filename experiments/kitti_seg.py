@@ -68,7 +68,7 @@ DEFAULT_KITTI_DIR = "../shared/data/kitti_semantics"
 KITTI_DIR = flags.DEFINE_string(
     "kitti_dir", None, f"KITTI semantics directory (training/image_2, training/semantic); default {DEFAULT_KITTI_DIR}."
 )
-METHODS_FLAG = flags.DEFINE_list("methods", list(METHODS), f"Methods to run, of {', '.join(METHODS)}.")
+METHODS_FLAG = common.METHODS  # of METHODS
 SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the val/train split of the non-test images.")
 VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.5, "Fraction of the non-test images in the val split.")
 TEST_NAMES = flags.DEFINE_list(
@@ -79,6 +79,8 @@ EVAL_KITTI_DIR = flags.DEFINE_string(
 )
 
 common.set_defaults(
+    methods=list(METHODS),
+    mtm_lr=3e-4,
     num_iterations=10,
     num_candidates=4,
     dataset_size=16,
@@ -188,12 +190,14 @@ def train_and_evaluate(
 
     psi0 = np.asarray(spec.initial(cfg.init, k_psi0), np.float32)
 
+    step_cfg = dataclasses.replace(lts_cfg, keep_best_mtm=True, common_train_key=common_train_key)
+
     def build(method: str):
         if method == "real":
             return seg_common.make_real_step(pieces, data["train"], M), seg_common.init_real_state(task, k_real), None
         strategy = make_search(method, spec)
-        step = seg_common.make_step(lts_cfg, renderer, task, strategy, programs, common_train_key=common_train_key)
-        return step, seg_common.init_state(task, strategy, k_state, psi0), strategy
+        step = seg_common.make_step(step_cfg, renderer, task, strategy, programs)
+        return step, seg_common.init_state(step_cfg, task, strategy, k_state, psi0), strategy
 
     seg_common.run_methods(
         cfg.methods, build, k_run, N, data, pieces, spec, run_dir, run_options=run_options,

@@ -11,7 +11,7 @@ flags.txt, results.json and the paper's figure. ``--run_dir`` defaults to ``--wo
 elsewhere when only the summary should travel (a GPU batch job whose output folder is copied back).
 
 How the methods share compiled programs. The renderer is compiled once (traffic_common.SceneRenderer),
-and :func:`make_step` is ``traffic_common.make_step``'s split iteration plus the best MTM of the run
+and :func:`make_step` is ``lts.make_split_step`` (the split iteration) keeping the best MTM of the run
 (keep_best_mtm: its params, the validation reward that chose it, its iteration), so the training +
 validation program is compiled once per (task, K, M, xi) and shared by every method; only the search's
 tiny ask/tell programs are per method. Pretraining and the "real" method share one more training program
@@ -49,7 +49,7 @@ import optax
 from absl import flags
 
 from experiments import common, traffic_common
-from lts_jax import experiment, lts, parallel
+from lts_jax import experiment, lts
 from lts_jax.models.segmentation import MODELS
 from lts_jax.tasks import segmentation as seg
 
@@ -63,14 +63,12 @@ MODEL = flags.DEFINE_enum("model", "fcn_small", list(MODELS), "Segmentation MTM:
 FCN_WIDTH = flags.DEFINE_integer("fcn_width", 16, "Channels of fcn_small's first level (x2, x4 deeper).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "MTM training minibatch (capped at the data set size).")
 EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 0, "Images per evaluation chunk (0: --batch_size).")
-MTM_LR = flags.DEFINE_float(
-    "mtm_lr", 3e-4, "Learning rate of the MTMs' training: the K candidates (fine-tuning) and the real method."
-)
+MTM_LR = common.MTM_LR  # the K candidates (fine-tuning) and the real method
 PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", 0.0, "Learning rate of the pretraining (0: --mtm_lr).")
 MTM_OPTIMIZER = flags.DEFINE_enum("mtm_optimizer", "adam", list(OPTIMIZERS), "Optimiser of the MTM.")
 AUGMENT = flags.DEFINE_bool("augment", True, "Random horizontal flips and colour jitter of training batches.")
 JITTER = flags.DEFINE_float("jitter", 0.2, "Colour jitter strength (brightness/contrast/saturation), in [0, 1).")
-COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", list(DTYPES), "MTM compute dtype (bfloat16 on GPUs).")
+COMPUTE_DTYPE = common.COMPUTE_DTYPE  # bfloat16 on GPUs
 INIT_CHECKPOINT = flags.DEFINE_string(
     "init_checkpoint", None, "Parameters (save_params file) every MTM starts from; replaces --pretrain_images."
 )
@@ -239,15 +237,15 @@ def arrays(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: data[k] for k in DATA_KEYS}
 
 
-def _mean_metrics(prefix: str, metrics: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    return {f"{prefix}{k}": jnp.mean(v) for k, v in metrics.items() if jnp.ndim(v) == 1}
+def best_params(state: seg.SegState) -> Any:
+    """What a run keeps of its best MTM: the params (a third of the state; all evaluation and
+    save_params need)."""
+    return state.params
 
 
-def init_state(task: seg.SegmentationTask, search: Any, key: jax.Array, psi0) -> lts.LTSState:
+def init_state(config: lts.LTSConfig, task: seg.SegmentationTask, search: Any, key: jax.Array, psi0) -> lts.LTSState:
     """The state of a search run: the search's state and the best MTM so far (its params only)."""
-    k_state, k_best = jax.random.split(key)
-    state = lts.init_state(lts.LTSConfig(), task, search, k_state, psi0)
-    return state.replace(best_mtm=task.init(k_best).params)
+    return lts.init_state(config, task, search, key, psi0, best_fn=best_params)
 
 
 def make_step(
@@ -255,100 +253,19 @@ def make_step(
     renderer: traffic_common.SceneRenderer,
     task: seg.SegmentationTask,
     search: Any,
-    programs: traffic_common.Programs,
-    *,
-    common_train_key: bool = False,
+    programs: lts.Programs,
 ) -> Callable[..., tuple[lts.LTSState, dict[str, jax.Array]]]:
-    """One iteration of Algorithm 1 as cached pieces, keeping the best MTM (see the module docstring).
+    """One iteration of Algorithm 1 as cached pieces that keeps the best MTM's params.
 
-    Same keys, order and metrics as ``lts.make_step`` (without test data and AMTM), except that with
-    ``common_train_key`` the K candidates train with one key (the same minibatch order and
-    augmentation; on a 10-image validation set this noise is as large as the effect of psi). The state (from
-    :func:`init_state`) carries the params of the best MTM in ``best_mtm`` (optimiser state dropped:
-    a third of the size, and all that evaluation and save_params need), its validation reward and
-    iteration. Not jitted as a whole: it dispatches compiled programs.
+    ``lts.make_split_step`` with ``keep_best_mtm`` (required here) and ``best_fn`` = :func:`best_params`.
+    ``config.common_train_key`` makes the K candidates train with one key (the same minibatch order
+    and augmentation): on a 10-image validation set that noise is as large as the effect of psi.
     """
-    if config.retain_mtm:
-        raise ValueError("the segmentation experiments keep the best MTM, not an AMTM: retain_mtm must be False")
-    if search.spec.dim != renderer.sim.spec.dim:
-        raise ValueError(f"the search works on psi of dim {search.spec.dim}, the simulator has {renderer.sim.spec.dim}")
-    K, M, xi = config.num_candidates, config.dataset_size, config.mtm_epochs
-    train_strategy = parallel.strategy_for(task, config.train_strategy, "train")
-    eval_strategy = parallel.strategy_for(task, config.eval_strategy, "evaluate")
-
-    def keys(key):
-        return jax.random.split(key, 5)  # k_ask, k_sim, k_init, k_train, k_amtm, as lts.make_step
-
-    def ask(search_state, key):
-        return search.ask(keys(key)[0], search_state, K)
-
-    def scenes(key, psi):
-        k_sim = keys(key)[1]
-        if config.common_sim_key:
-            return jax.vmap(renderer.sample_scenes, in_axes=(None, 0, None))(k_sim, psi, M)
-        return jax.vmap(renderer.sample_scenes, in_axes=(0, 0, None))(jax.random.split(k_sim, K), psi, M)
-
-    def learn(best, best_reward, best_iteration, iteration, key, data, val_data):
-        _, _, k_init, k_train, _ = keys(key)
-        if config.common_mtm_init:
-            init_keys, init_axis = k_init, None
-        else:
-            init_keys, init_axis = jax.random.split(k_init, K), 0
-        mtms = parallel.run_candidates(
-            lambda d, ki, kt: task.train(task.init(ki), d, kt, xi),
-            train_strategy,
-            data,
-            init_keys,
-            k_train if common_train_key else jax.random.split(k_train, K),
-            in_axes=(0, init_axis, None if common_train_key else 0),
-        )
-        val = parallel.run_candidates(task.evaluate, eval_strategy, mtms, val_data, in_axes=(0, None), phase="evaluate")
-        rewards = val["reward"]
-        i = jnp.argmax(rewards)
-        better = rewards[i] > best_reward
-        best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new[i], old), mtms.params, best)
-        best_reward = jnp.where(better, rewards[i], best_reward)
-        best_iteration = jnp.where(better, iteration, best_iteration)
-        metrics = {
-            "rewards": rewards,
-            "train_loss": jnp.mean(mtms.train_loss),
-            **_mean_metrics("val_", {k: v for k, v in val.items() if k != "class_iou"}),
-        }
-        return best, best_reward, best_iteration, metrics
-
-    def tell(search_state, psi, rewards):
-        new, metrics = search.tell(search_state, psi, rewards)
-        return new, {"center": search.center(new), **metrics}
-
-    strategies = (train_strategy, eval_strategy, config.common_mtm_init, common_train_key)
-    ask_fn = programs.get(("seg_ask", search, K), lambda: jax.jit(ask))
-    scenes_fn = programs.get(("seg_scenes", renderer, K, M, config.common_sim_key), lambda: jax.jit(scenes))
-    learn_fn = programs.get(("seg_learn", task, K, M, xi, *strategies), lambda: jax.jit(learn))
-    tell_fn = programs.get(("seg_tell", search), lambda: jax.jit(tell))
-
-    def step(state: lts.LTSState, key: jax.Array, val_data, test_data=None):
-        del test_data  # the best MTM is tested once, at the end
-        psi = ask_fn(state.search, key)
-        flat = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), scenes_fn(key, psi))
-        data = jax.tree_util.tree_map(lambda x: x.reshape((K, M, *x.shape[1:])), renderer.render(flat))
-        best, best_reward, best_iteration, learn_metrics = learn_fn(
-            state.best_mtm, state.best_mtm_reward, state.best_mtm_iteration, state.iteration, key, data, val_data
-        )
-        search_state, search_metrics = tell_fn(state.search, psi, learn_metrics["rewards"])
-        metrics = {"psi": psi, **learn_metrics, **search_metrics, "best_mtm_iteration": best_iteration}
-        new = state.replace(
-            iteration=state.iteration + 1,
-            search=search_state,
-            best_mtm=best,
-            best_mtm_reward=best_reward,
-            best_mtm_iteration=best_iteration,
-        )
-        return new, metrics
-
-    return step
+    if config.retain_mtm or not config.keep_best_mtm:
+        raise ValueError("the segmentation experiments keep the best MTM, not an AMTM: set keep_best_mtm only")
+    return lts.make_split_step(config, renderer, task, search, programs=programs, best_fn=best_params)
 
 
-# ----- pretraining and training on real images -------------------------------------------------------------
 def pretrain(
     pieces: Pieces,
     renderer: traffic_common.SceneRenderer,

@@ -47,13 +47,15 @@ NAME = "synth_seg"
 PSI_VAL = "val"  # the simulator's preset used as psi_val (PAPER.md: fixed, named, documented)
 METHODS = ("lts", "val_params")
 
-METHODS_FLAG = flags.DEFINE_list("methods", list(METHODS), f"Methods to run, of {', '.join(METHODS)}.")
+METHODS_FLAG = common.METHODS  # of METHODS
 VAL_IMAGES = flags.DEFINE_integer("val_images", 64, "Validation images rendered with psi_val.")
 TEST_IMAGES = flags.DEFINE_integer("test_images", 64, "Test images rendered with psi_val.")
 VAL_IMAGES_SEED = flags.DEFINE_integer("val_images_seed", 1001, "Seed of the validation images.")
 TEST_IMAGES_SEED = flags.DEFINE_integer("test_images_seed", 2002, "Seed of the test images.")
 
 common.set_defaults(
+    methods=list(METHODS),
+    mtm_lr=3e-4,
     num_iterations=10,
     num_candidates=4,
     dataset_size=16,
@@ -143,13 +145,15 @@ def train_and_evaluate(
 
     psi0 = np.asarray(spec.initial(cfg.init, k_psi0), np.float32)
 
+    step_cfg = dataclasses.replace(lts_cfg, keep_best_mtm=True, common_train_key=common_train_key)
+
     def build(method: str):
         if method == "val_params":
             strategy, start_psi = search.FixedSearch(spec), psi_val
         else:
             strategy, start_psi = make_search(method, spec), psi0
-        step = seg_common.make_step(lts_cfg, renderer, task, strategy, programs, common_train_key=common_train_key)
-        return step, seg_common.init_state(task, strategy, k_state, start_psi), strategy
+        step = seg_common.make_step(step_cfg, renderer, task, strategy, programs)
+        return step, seg_common.init_state(step_cfg, task, strategy, k_state, start_psi), strategy
 
     seg_common.run_methods(
         cfg.methods, build, k_run, N, data, pieces, spec, run_dir, run_options=run_options,

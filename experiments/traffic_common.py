@@ -8,7 +8,8 @@ Why a split step. The pure-JAX renderer is a large program: compiling it takes ~
 ``lts.make_step`` it is compiled again for every distinct configuration (M, xi, search strategy, with or
 without test data), and a sweep has a dozen of them. :func:`make_step` runs the same iteration as
 ``lts.make_step`` (same keys, same order, same metrics) as a few jitted programs that are cached in a
-:class:`Programs` object and shared by every run that can share them:
+``lts.Programs`` object and shared by every run that can share them (``lts.make_split_step``; a
+:class:`SceneRenderer` is its two-stage source):
 
     ask (per search)  ->  scene sampling (per K, M)  ->  rendering (ONE program, fixed chunk of images)
       ->  MTM training + validation (per task, K, M, xi)  ->  tell (per search)  ->  test evaluation (per K)
@@ -19,7 +20,7 @@ drive it unchanged. A CARLA simulator renders on the host (no compilation); it p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -28,7 +29,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from lts_jax import lts, parallel
+from lts_jax import lts
 from lts_jax.params import ParamSpec
 
 SIMULATORS = ("traffic", "carla")
@@ -127,20 +128,7 @@ def is_carla(sim: Any) -> bool:
     return hasattr(sim, "render_batch") and hasattr(sim, "pool")
 
 
-class Programs:
-    """A cache of compiled pieces, shared by the runs of one process (a sweep compiles the renderer once).
-
-    ``get(key, build_fn)`` returns the cached value for ``key`` or builds it. Keys hold the objects they
-    depend on (simulator, task, search), so objects hash by identity and stay alive while cached.
-    """
-
-    def __init__(self):
-        self._cache: dict[Hashable, Any] = {}
-
-    def get(self, key: Hashable, build_fn: Callable[[], Any]) -> Any:
-        if key not in self._cache:
-            self._cache[key] = build_fn()
-        return self._cache[key]
+Programs = lts.Programs  # the compiled-piece cache of lts.make_split_step
 
 
 class SceneRenderer:
@@ -165,6 +153,10 @@ class SceneRenderer:
             self._scene_keys = SCENE_KEYS + OPTIONAL_SCENE_KEYS
         else:
             self._render = jax.jit(lambda scenes: {k: v for k, v in sim.render(scenes).items() if k in self.keys})
+
+    @property
+    def spec(self) -> ParamSpec:
+        return self.sim.spec
 
     def sample_scenes(self, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
         """Scene descriptions (jittable, vmappable over key and psi)."""
@@ -199,106 +191,16 @@ class SceneRenderer:
         return self.render(self._scene_fns[num](key, jnp.asarray(psi, jnp.float32)))
 
 
-def _mean_metrics(prefix: str, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    # As lts.make_step: per-candidate scalars [K] -> their mean.
-    return {f"{prefix}{k}": jnp.mean(v) for k, v in metrics.items() if jnp.ndim(v) == 1}
-
-
 def make_step(
     config: lts.LTSConfig,
     renderer: SceneRenderer,
     task: Any,
     search: Any,
-    programs: Programs | None = None,
+    programs: lts.Programs | None = None,
+    **kw: Any,
 ) -> Callable[..., tuple[lts.LTSState, dict[str, jax.Array]]]:
-    """``lts.make_step``'s iteration as cached pieces (see the module docstring).
-
-    Returns ``step(state, key, val_data, test_data=None) -> (state, metrics)`` with the keys, order and
-    metrics of ``lts.make_step`` (``rewards``, ``psi``, ``center``, the search's scalars, ``val_*``,
-    ``test_*``, ``amtm_val_*``, ``amtm_test_*``). Not jitted as a whole: it dispatches the compiled pieces.
-    """
-    if config.keep_best_mtm:
-        raise ValueError("keep_best_mtm is not supported by the split step; use lts.make_step")
-    if search.spec.dim != renderer.sim.spec.dim:
-        raise ValueError(
-            f"the search works on psi of dim {search.spec.dim}, the simulator expects {renderer.sim.spec.dim}"
-        )
-    programs = programs or Programs()
-    K, M, xi = config.num_candidates, config.dataset_size, config.mtm_epochs
-    train_strategy = parallel.strategy_for(task, config.train_strategy, "train")
-    eval_strategy = parallel.strategy_for(task, config.eval_strategy, "evaluate")
-
-    def keys(key):
-        return jax.random.split(key, 5)  # k_ask, k_sim, k_init, k_train, k_amtm, as lts.make_step
-
-    def ask(search_state, key):
-        return search.ask(keys(key)[0], search_state, K)
-
-    def scenes(key, psi):
-        k_sim = keys(key)[1]
-        if config.common_sim_key:
-            return jax.vmap(renderer.sample_scenes, in_axes=(None, 0, None))(k_sim, psi, M)
-        return jax.vmap(renderer.sample_scenes, in_axes=(0, 0, None))(jax.random.split(k_sim, K), psi, M)
-
-    def evaluate_all(mtms, data):
-        return parallel.run_candidates(task.evaluate, eval_strategy, mtms, data, in_axes=(0, None), phase="evaluate")
-
-    def learn(amtm, key, data, val_data):
-        _, _, k_init, k_train, k_amtm = keys(key)
-        if config.common_mtm_init:
-            init_keys, init_axis = k_init, None
-        else:
-            init_keys, init_axis = jax.random.split(k_init, K), 0
-        mtms = parallel.run_candidates(
-            lambda d, ki, kt: task.train(task.init(ki), d, kt, xi),
-            train_strategy,
-            data,
-            init_keys,
-            jax.random.split(k_train, K),
-            in_axes=(0, init_axis, 0),
-        )
-        val = evaluate_all(mtms, val_data)
-        metrics = {"rewards": val["reward"], **_mean_metrics("val_", val)}
-        if config.retain_mtm:
-            # The AMTM sees every candidate's data of this iteration.
-            pooled = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), data)
-            amtm = task.train(amtm, pooled, k_amtm, xi)
-            metrics.update({f"amtm_val_{k}": v for k, v in task.evaluate(amtm, val_data).items()})
-        return mtms, amtm, metrics
-
-    def tell(search_state, psi, rewards):
-        new, metrics = search.tell(search_state, psi, rewards)
-        return new, {"center": search.center(new), **metrics}
-
-    def test(mtms, amtm, test_data):
-        metrics = _mean_metrics("test_", evaluate_all(mtms, test_data))
-        if config.retain_mtm:
-            metrics.update({f"amtm_test_{k}": v for k, v in task.evaluate(amtm, test_data).items()})
-        return metrics
-
-    strategies = (train_strategy, eval_strategy, config.common_mtm_init, config.retain_mtm)
-    ask_fn = programs.get(("ask", search, K), lambda: jax.jit(ask))
-    scenes_fn = programs.get(("scenes", renderer, K, M, config.common_sim_key), lambda: jax.jit(scenes))
-    learn_fn = programs.get(("learn", task, K, M, xi, *strategies), lambda: jax.jit(learn))
-    tell_fn = programs.get(("tell", search), lambda: jax.jit(tell))
-    test_fn = programs.get(("test", task, K, eval_strategy, config.retain_mtm), lambda: jax.jit(test))
-
-    def step(state: lts.LTSState, key: jax.Array, val_data, test_data=None):
-        psi = ask_fn(state.search, key)
-        flat = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), scenes_fn(key, psi))
-        data = jax.tree_util.tree_map(lambda x: x.reshape((K, M, *x.shape[1:])), renderer.render(flat))
-        mtms, amtm, learn_metrics = learn_fn(state.amtm, key, data, val_data)
-        search_state, search_metrics = tell_fn(state.search, psi, learn_metrics["rewards"])
-        metrics = {"rewards": learn_metrics["rewards"], "psi": psi, **search_metrics}
-        metrics.update({k: v for k, v in learn_metrics.items() if k != "rewards"})
-        if test_data is not None:
-            metrics.update(test_fn(mtms, amtm, test_data))
-        new = state.replace(iteration=state.iteration + 1, search=search_state)
-        if config.retain_mtm:
-            new = new.replace(amtm=amtm)
-        return new, metrics
-
-    return step
+    """``lts.make_split_step`` over the chunked renderer (see the module docstring); ``kw`` as there."""
+    return lts.make_split_step(config, renderer, task, search, programs=programs, **kw)
 
 
 def initial_psi(spec: ParamSpec, how: str, key: jax.Array, min_prob: float = 0.0) -> np.ndarray:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -62,6 +62,8 @@ class LTSConfig:
       common_sim_key: the K candidates' data sets are sampled with the same
         simulator key, so they differ only through psi (common random numbers
         for the simulator; lowers the variance of the policy gradient).
+      common_train_key: the K MTMs train with the same key (minibatch order,
+        augmentation), so reward differences come from the data alone.
     """
 
     num_candidates: int = 8
@@ -73,6 +75,7 @@ class LTSConfig:
     eval_strategy: str = "auto"
     common_mtm_init: bool = True
     common_sim_key: bool = False
+    common_train_key: bool = False
 
     def __post_init__(self):
         checks = [
@@ -109,8 +112,11 @@ def init_state(
     search: SearchStrategy,
     key: jax.Array,
     psi0: Any,
+    *,
+    best_fn: Callable[[Any], Any] | None = None,
 ) -> LTSState:
-    """The state before the first iteration. ``psi0`` [dim] is the search's initial point."""
+    """The state before the first iteration. ``psi0`` [dim] is the search's initial point;
+    ``best_fn`` as in :func:`make_step` (what ``keep_best_mtm`` keeps of an MTM)."""
     k_search, k_amtm, k_best = jax.random.split(key, 3)
     psi0 = jnp.asarray(search.spec.validate(psi0, what="initial psi"))
     if psi0.ndim != 1:
@@ -119,7 +125,7 @@ def init_state(
         iteration=jnp.zeros((), jnp.int32),
         search=search.init(k_search, psi0),
         amtm=task.init(k_amtm) if config.retain_mtm else None,
-        best_mtm=task.init(k_best) if config.keep_best_mtm else None,
+        best_mtm=(best_fn or (lambda m: m))(task.init(k_best)) if config.keep_best_mtm else None,
         best_mtm_reward=jnp.array(-jnp.inf, jnp.float32),
         best_mtm_iteration=jnp.array(-1, jnp.int32),
     )
@@ -130,11 +136,136 @@ def _mean_metrics(prefix: str, metrics: Mapping[str, jax.Array]) -> dict[str, ja
     return {f"{prefix}{k}": jnp.mean(v) for k, v in metrics.items() if jnp.ndim(v) == 1}
 
 
+class Programs:
+    """A cache of compiled pieces shared by the runs of one process (see :func:`make_split_step`).
+
+    ``get(key, build_fn)`` returns the cached value for ``key`` or builds it. Keys hold the objects
+    they depend on (simulator, task, search), which hash by identity and stay alive while cached.
+    """
+
+    def __init__(self):
+        self._cache: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, build_fn: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = build_fn()
+        return self._cache[key]
+
+
+class _Phases:
+    """The pure phases of one policy iteration, shared by the fused and the split step.
+
+    ``ask(search_state, key) -> psi [K, dim]``; ``sample(key, psi) -> [K, M, ...]`` with ``sample_fn``
+    (the simulator's ``sample``, or a two-stage simulator's scene sampler);
+    ``learn(state, key, data, val_data) -> (mtms, state', metrics)`` (train K MTMs, validate them,
+    AMTM, best MTM); ``tell(search_state, psi, rewards) -> (search_state', metrics)``;
+    ``test(mtms, amtm, test_data) -> metrics``. Keys are split as ``k_ask, k_sim, k_init, k_train,
+    k_amtm = split(key, 5)`` in every phase, so both assemblies compute the same iteration.
+    """
+
+    def __init__(self, config: LTSConfig, sample_fn, task: Task, search: SearchStrategy, best_fn):
+        self.config, self.sample_fn, self.task, self.search = config, sample_fn, task, search
+        self.best_fn = best_fn or (lambda mtm: mtm)
+        # The task may require a strategy (host tasks: vmap) or prefer one for "auto" (measured per backend).
+        self.train_strategy = parallel.strategy_for(task, config.train_strategy, "train")
+        self.eval_strategy = parallel.strategy_for(task, config.eval_strategy, "evaluate")
+
+    @staticmethod
+    def keys(key):
+        return jax.random.split(key, 5)  # k_ask, k_sim, k_init, k_train, k_amtm
+
+    def ask(self, search_state, key):
+        return self.search.ask(self.keys(key)[0], search_state, self.config.num_candidates)
+
+    def sample(self, key, psi):
+        K, M = self.config.num_candidates, self.config.dataset_size
+        k_sim = self.keys(key)[1]
+        if self.config.common_sim_key:
+            return jax.vmap(self.sample_fn, in_axes=(None, 0, None))(k_sim, psi, M)
+        return jax.vmap(self.sample_fn, in_axes=(0, 0, None))(jax.random.split(k_sim, K), psi, M)
+
+    def evaluate_all(self, mtms, data):
+        return parallel.run_candidates(
+            self.task.evaluate, self.eval_strategy, mtms, data, in_axes=(0, None), phase="evaluate"
+        )
+
+    def learn(self, state: LTSState, key, data, val_data):
+        config, task = self.config, self.task
+        K, M, xi = config.num_candidates, config.dataset_size, config.mtm_epochs
+        _, _, k_init, k_train, k_amtm = self.keys(key)
+        init_keys, init_axis = (k_init, None) if config.common_mtm_init else (jax.random.split(k_init, K), 0)
+        train_keys, train_axis = (k_train, None) if config.common_train_key else (jax.random.split(k_train, K), 0)
+        mtms = parallel.run_candidates(
+            lambda d, ki, kt: task.train(task.init(ki), d, kt, xi),
+            self.train_strategy,
+            data,
+            init_keys,
+            train_keys,
+            in_axes=(0, init_axis, train_axis),
+        )
+        val = self.evaluate_all(mtms, val_data)
+        rewards = val["reward"]
+        metrics = {"rewards": rewards, **_mean_metrics("val_", val)}
+        if hasattr(task, "train_metrics"):
+            metrics.update(_mean_metrics("train_", jax.vmap(task.train_metrics)(mtms)))
+        new = state.replace(iteration=state.iteration + 1)
+        if config.retain_mtm:
+            # The AMTM sees every candidate's data of this iteration.
+            pooled = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), data)
+            amtm = task.train(state.amtm, pooled, k_amtm, xi)
+            metrics.update({f"amtm_val_{k}": v for k, v in task.evaluate(amtm, val_data).items()})
+            new = new.replace(amtm=amtm)
+        if config.keep_best_mtm:
+            i = jnp.argmax(rewards)
+            better = rewards[i] > state.best_mtm_reward
+            candidate = self.best_fn(jax.tree_util.tree_map(lambda x: x[i], mtms))
+            new = new.replace(
+                best_mtm=jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), candidate, state.best_mtm),
+                best_mtm_reward=jnp.where(better, rewards[i], state.best_mtm_reward),
+                best_mtm_iteration=jnp.where(better, state.iteration, state.best_mtm_iteration),
+            )
+            metrics["best_mtm_iteration"] = new.best_mtm_iteration
+        return mtms, new, metrics
+
+    def tell(self, search_state, psi, rewards):
+        new, metrics = self.search.tell(search_state, psi, rewards)
+        return new, {"center": self.search.center(new), **metrics}
+
+    def test(self, mtms, amtm, test_data):
+        metrics = _mean_metrics("test_", self.evaluate_all(mtms, test_data))
+        if self.config.retain_mtm:
+            metrics.update({f"amtm_test_{k}": v for k, v in self.task.evaluate(amtm, test_data).items()})
+        return metrics
+
+
+def _check_dims(search: SearchStrategy, spec) -> None:
+    if search.spec.dim != spec.dim:
+        raise ValueError(f"the search works on psi of dim {search.spec.dim}, the simulator expects {spec.dim}")
+
+
+def _assemble(phases: _Phases, ask, sample, render, learn, tell, test):
+    """One iteration from the phases (jitted whole by make_step, piece by piece by make_split_step)."""
+
+    def step(state: LTSState, key: jax.Array, val_data, test_data=None):
+        psi = ask(state.search, key)
+        data = render(sample(key, psi))
+        mtms, new, metrics = learn(state, key, data, val_data)
+        search_state, search_metrics = tell(state.search, psi, metrics["rewards"])
+        metrics = {"rewards": metrics["rewards"], "psi": psi, **search_metrics, **metrics}
+        if test_data is not None:
+            metrics.update(test(mtms, new.amtm, test_data))
+        return new.replace(search=search_state), metrics
+
+    return step
+
+
 def make_step(
     config: LTSConfig,
     simulator: Simulator,
     task: Task,
     search: SearchStrategy,
+    *,
+    best_fn: Callable[[Any], Any] | None = None,
 ) -> Callable[..., tuple[LTSState, dict[str, jax.Array]]]:
     """Returns the jitted ``step(state, key, val_data, test_data=None) -> (state, metrics)``.
 
@@ -142,78 +273,63 @@ def make_step(
     they are arguments, not constants, so large validation sets are not baked
     into the compiled program. Passing ``test_data`` also evaluates the K MTMs
     (and the AMTM) on it; the step compiles once per structure (with and
-    without test data).
+    without test data). ``best_fn`` maps an MTM's train state to what
+    ``keep_best_mtm`` keeps (default: all of it; e.g. ``lambda s: s.params``).
 
     metrics: ``rewards`` [K], ``psi`` [K, dim] (the candidates), ``center`` [dim]
     (the search's current answer after the update), the search's scalars
     (reward_mean, reward_max, best_reward, baseline, ...), ``val_*`` / ``test_*``
     means of the task's metrics over K, ``amtm_val_*`` / ``amtm_test_*``.
     """
-    K, M, xi = config.num_candidates, config.dataset_size, config.mtm_epochs
-    if getattr(search, "spec", simulator.spec).dim != simulator.spec.dim:
-        raise ValueError(
-            f"the search works on psi of dim {search.spec.dim}, the simulator expects {simulator.spec.dim}"
-        )
-    # The task may require a strategy (host tasks: vmap) or prefer one for "auto" (measured per backend).
-    train_strategy = parallel.strategy_for(task, config.train_strategy, "train")
-    eval_strategy = parallel.strategy_for(task, config.eval_strategy, "evaluate")
+    _check_dims(search, simulator.spec)
+    p = _Phases(config, simulator.sample, task, search, best_fn)
+    return jax.jit(_assemble(p, p.ask, p.sample, lambda data: data, p.learn, p.tell, p.test))
 
-    def train_one(data, init_key, train_key):
-        return task.train(task.init(init_key), data, train_key, xi)
 
-    def evaluate_all(mtms, data):
-        return parallel.run_candidates(task.evaluate, eval_strategy, mtms, data, in_axes=(0, None), phase="evaluate")
+def make_split_step(
+    config: LTSConfig,
+    source: Any,
+    task: Task,
+    search: SearchStrategy,
+    *,
+    programs: Programs | None = None,
+    best_fn: Callable[[Any], Any] | None = None,
+) -> Callable[..., tuple[LTSState, dict[str, jax.Array]]]:
+    """:func:`make_step`'s iteration as separately compiled pieces, cached in ``programs``.
 
-    def step(state: LTSState, key: jax.Array, val_data, test_data=None):
-        k_ask, k_sim, k_init, k_train, k_amtm = jax.random.split(key, 5)
-        psi = search.ask(k_ask, state.search, K)
-        if config.common_sim_key:
-            data = jax.vmap(simulator.sample, in_axes=(None, 0, None))(k_sim, psi, M)
-        else:
-            data = jax.vmap(simulator.sample, in_axes=(0, 0, None))(jax.random.split(k_sim, K), psi, M)
+    Why: a large simulator (the traffic renderer: ~25 CPU-seconds to compile) is
+    compiled again inside :func:`make_step` for every configuration (M, xi, search,
+    with or without test data); a sweep has a dozen. Here the pieces
 
-        if config.common_mtm_init:
-            init_keys, init_axis = k_init, None
-        else:
-            init_keys, init_axis = jax.random.split(k_init, K), 0
-        mtms = parallel.run_candidates(
-            train_one, train_strategy, data, init_keys, jax.random.split(k_train, K), in_axes=(0, init_axis, 0)
-        )
-        val = evaluate_all(mtms, val_data)
-        rewards = val["reward"]
-        search_state, search_metrics = search.tell(state.search, psi, rewards)
+        ask (per search) -> sample (per K, M) -> render (host-level, the source's own)
+          -> learn: train K + validate + AMTM + best MTM (per task, K, M, xi) -> tell -> test
 
-        metrics = {
-            "rewards": rewards,
-            "psi": psi,
-            "center": search.center(search_state),
-            **search_metrics,
-            **_mean_metrics("val_", val),
-        }
-        if test_data is not None:
-            metrics.update(_mean_metrics("test_", evaluate_all(mtms, test_data)))
+    are compiled once per distinct configuration and shared through ``programs``
+    by every run of a process. ``source`` is a two-stage simulator: ``spec``,
+    ``sample_scenes(key, psi, num)`` (jittable, vmappable) and ``render(scenes)``
+    (host-level: takes scenes with one leading axis of K * M and returns the data;
+    e.g. fixed-size chunks of one compiled renderer, or CARLA servers). The step has
+    :func:`make_step`'s signature, keys and metrics (tested equal); it is not jitted
+    as a whole.
+    """
+    _check_dims(search, source.spec)
+    programs = programs or Programs()
+    c = config
+    K, M = c.num_candidates, c.dataset_size
+    p = _Phases(config, source.sample_scenes, task, search, best_fn)
+    learn_key = ("learn", task, best_fn, K, M, c.mtm_epochs, p.train_strategy, p.eval_strategy, c.common_mtm_init,
+                 c.common_train_key, c.retain_mtm, c.keep_best_mtm)  # fmt: skip
+    ask = programs.get(("ask", search, K), lambda: jax.jit(p.ask))
+    sample = programs.get(("sample", source, K, M, c.common_sim_key), lambda: jax.jit(p.sample))
+    learn = programs.get(learn_key, lambda: jax.jit(p.learn))
+    tell = programs.get(("tell", search), lambda: jax.jit(p.tell))
+    test = programs.get(("test", task, K, p.eval_strategy, c.retain_mtm), lambda: jax.jit(p.test))
 
-        new = state.replace(iteration=state.iteration + 1, search=search_state)
-        if config.retain_mtm:
-            # The AMTM sees every candidate's data of this iteration.
-            pooled = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), data)
-            amtm = task.train(state.amtm, pooled, k_amtm, xi)
-            metrics.update({f"amtm_val_{k}": v for k, v in task.evaluate(amtm, val_data).items()})
-            if test_data is not None:
-                metrics.update({f"amtm_test_{k}": v for k, v in task.evaluate(amtm, test_data).items()})
-            new = new.replace(amtm=amtm)
-        if config.keep_best_mtm:
-            i = jnp.argmax(rewards)
-            better = rewards[i] > state.best_mtm_reward
-            candidate = jax.tree_util.tree_map(lambda x: x[i], mtms)
-            new = new.replace(
-                best_mtm=jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), candidate, state.best_mtm),
-                best_mtm_reward=jnp.where(better, rewards[i], state.best_mtm_reward),
-                best_mtm_iteration=jnp.where(better, state.iteration, state.best_mtm_iteration),
-            )
-        return new, metrics
+    def render(scenes):
+        flat = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), scenes)
+        return jax.tree_util.tree_map(lambda x: x.reshape((K, M, *x.shape[1:])), source.render(flat))
 
-    return jax.jit(step)
+    return _assemble(p, ask, sample, render, learn, tell, test)
 
 
 def check_finite(iteration: int, metrics: Mapping[str, Any]) -> None:

@@ -452,6 +452,10 @@ class SegmentationTask:
         state, losses = jax.lax.scan(body, state, (order, step_keys))
         return state.replace(train_loss=jnp.mean(losses[-steps:]))
 
+    def train_metrics(self, state: SegState) -> dict[str, jax.Array]:
+        """Scalars of a trained state for the logs: ``{"loss": mean loss of the last epoch}``."""
+        return {"loss": state.train_loss}
+
     def evaluate(self, state: SegState, data: dict) -> dict[str, jax.Array]:
         """Data-set-level metrics of the model on ``data`` (any N; chunks of ``eval_batch_size``).
 

@@ -17,12 +17,21 @@ from __future__ import annotations
 import numpy as np
 from absl import app, flags
 
-_PSI = flags.DEFINE_string("psi", "val", "a preset name (val, adversarial, default)")
-_OUT = flags.DEFINE_string("out", "traffic_preview.png", "output PNG")
-_HEIGHT = flags.DEFINE_integer("height", 96, "image height in pixels")
-_WIDTH = flags.DEFINE_integer("width", 320, "image width in pixels")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed")
-_ROAD_LENGTH = flags.DEFINE_integer("road_length", None, "force this road length (8..18 blocks); default: from psi")
+
+def _define_flags() -> dict:
+    """The command line's flags, defined only when this module runs as a program: importing it (tests,
+    experiments) must not claim global flag names such as --height."""
+    return {
+        "psi": flags.DEFINE_string("psi", "val", "a preset name (val, adversarial, default)"),
+        "out": flags.DEFINE_string("out", "traffic_preview.png", "output PNG"),
+        "height": flags.DEFINE_integer("height", 96, "image height in pixels"),
+        "width": flags.DEFINE_integer("width", 320, "image width in pixels"),
+        "seed": flags.DEFINE_integer("seed", 0, "PRNG seed"),
+        "road_length": flags.DEFINE_integer(
+            "road_length", None, "force this road length (8..18 blocks); default: from psi"
+        ),
+    }
+
 
 FORCE = 30.0  # |logit| that forces a categorical value
 
@@ -84,21 +93,27 @@ def contact_sheet(sim, psi, seed: int = 0, road_length: int | None = None, sampl
     return np.asarray(sheet)
 
 
-def main(argv):
+def main(argv, f: dict):
     del argv
     from PIL import Image
 
     from simulators.traffic import TrafficSimulator
 
-    sim = TrafficSimulator(_HEIGHT.value, _WIDTH.value)
-    psi = sim.preset(_PSI.value)
-    rl = _ROAD_LENGTH.value
+    if f["psi"].value not in ("val", "adversarial", "default"):
+        raise app.UsageError(f"--psi={f['psi'].value} is not a preset; accepted: val | adversarial | default", 2)
+    rl = f["road_length"].value
     if rl is not None and not 8 <= rl <= 18:
-        raise app.UsageError(f"--road_length must be in 8..18, got {rl}")
-    sheet = contact_sheet(sim, psi, seed=_SEED.value, road_length=rl)
-    Image.fromarray(sheet).save(_OUT.value)
-    print(f"wrote {_OUT.value} ({sheet.shape[1]}x{sheet.shape[0]})")
+        raise app.UsageError(f"--road_length={rl} is out of range; accepted: 8..18", 2)
+    for name in ("height", "width"):
+        if f[name].value < 8:
+            raise app.UsageError(f"--{name}={f[name].value} is out of range; accepted: >= 8", 2)
+    sim = TrafficSimulator(f["height"].value, f["width"].value)
+    psi = sim.preset(f["psi"].value)
+    sheet = contact_sheet(sim, psi, seed=f["seed"].value, road_length=rl)
+    Image.fromarray(sheet).save(f["out"].value)
+    print(f"wrote {f['out'].value} ({sheet.shape[1]}x{sheet.shape[0]})")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _flags = _define_flags()
+    app.run(lambda argv: main(argv, _flags))
