@@ -39,7 +39,7 @@ WIDTH = flags.DEFINE_integer("width", 320, "Image width.")
 SIMULATOR = flags.DEFINE_string(
     "simulator",
     "traffic",
-    "Renderer of the traffic scenes: traffic (pure JAX) or carla (servers; docs/carla.md).",
+    "Renderer of the traffic scenes: traffic (pure JAX) or carla (servers; simulators/carla/README.md).",
 )
 CARLA_HOSTS = flags.DEFINE_string(
     "carla_hosts", None, "CARLA servers for --simulator=carla: host:port entries, comma separated."

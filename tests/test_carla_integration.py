@@ -1,7 +1,7 @@
 """Renders real scenes on CARLA servers and checks the output contract.
 
 Runs only when LTS_CARLA_HOSTS names running servers, e.g.
-``LTS_CARLA_HOSTS=localhost:2000 pytest tests/test_carla_integration.py`` (docs/carla.md
+``LTS_CARLA_HOSTS=localhost:2000 pytest tests/test_carla_integration.py`` (simulators/carla/README.md
 says how to start them). The first run on a server generates the atlas world
 (tens of seconds).
 """
@@ -15,7 +15,7 @@ import pytest
 
 HOSTS = os.environ.get("LTS_CARLA_HOSTS", "").strip()
 if not HOSTS:
-    pytest.skip("LTS_CARLA_HOSTS is not set: no CARLA server to render on (see docs/carla.md)", allow_module_level=True)
+    pytest.skip("LTS_CARLA_HOSTS is not set: no CARLA server to render on (see simulators/carla/README.md)", allow_module_level=True)
 carla = pytest.importorskip("carla", reason="the CARLA Python client is not installed (pip install 'lts_jax[carla]')")
 
 from simulators.carla import CarlaPool, CarlaSession, CarlaSimulator, RenderConfig, labels  # noqa: E402

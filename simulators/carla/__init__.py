@@ -1,4 +1,4 @@
-"""The traffic scene model rendered by CARLA servers (issue 8; docs/carla.md).
+"""The traffic scene model rendered by CARLA servers (issue 8; simulators/carla/README.md).
 
 Modules:
   opendrive  road layouts as OpenDRIVE (pure Python; the atlas of all 33 layouts)

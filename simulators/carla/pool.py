@@ -45,7 +45,7 @@ class NoCarlaServerError(RuntimeError):
         detail = "; ".join(f"{h}: {self.errors.get(h, 'dropped')}" for h in self.hosts)
         super().__init__(
             f"NoCarlaServerError: no CARLA server left; all of {', '.join(self.hosts)} failed ({detail}). "
-            "Start the servers (docs/carla.md) and resume the run from its checkpoint."
+            "Start the servers (simulators/carla/README.md) and resume the run from its checkpoint."
         )
 
 

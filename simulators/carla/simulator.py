@@ -32,7 +32,7 @@ from simulators.traffic import layout as L
 # The scene fields the renderer reads (the traffic simulator's scene description),
 # and the optional extras it draws when the scenes have them (the row of houses
 # across the end of the road). The other extras (trees, poles, colours of houses,
-# texture seeds) have no CARLA counterpart here; see docs/carla.md.
+# texture seeds) have no CARLA counterpart here; see simulators/carla/README.md.
 OPTIONAL_SCENE_KEYS = ("end_present", "end_height")
 SCENE_KEYS = (
     "road_length", "intersection", "car_present", "car_type", "car_lane", "car_pos", "car_heading",
@@ -163,7 +163,7 @@ def make_simulator(hosts: str, height: int, width: int, **kw: Any) -> CarlaSimul
     except ImportError as e:
         raise ImportError(
             "--simulator=carla needs the CARLA Python client: pip install 'lts_jax[carla]' "
-            "(or carla==<your server's version>); see docs/carla.md"
+            "(or carla==<your server's version>); see simulators/carla/README.md"
         ) from e
     return CarlaSimulator(hosts, height, width, **kw)
 
