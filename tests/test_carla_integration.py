@@ -15,7 +15,10 @@ import pytest
 
 HOSTS = os.environ.get("LTS_CARLA_HOSTS", "").strip()
 if not HOSTS:
-    pytest.skip("LTS_CARLA_HOSTS is not set: no CARLA server to render on (see simulators/carla/README.md)", allow_module_level=True)
+    pytest.skip(
+        "LTS_CARLA_HOSTS is not set: no CARLA server to render on (see simulators/carla/README.md)",
+        allow_module_level=True,
+    )
 carla = pytest.importorskip("carla", reason="the CARLA Python client is not installed (pip install 'lts_jax[carla]')")
 
 from simulators.carla import CarlaPool, CarlaSession, CarlaSimulator, RenderConfig, labels  # noqa: E402

@@ -167,7 +167,9 @@ def test_split_step_equals_fused_step():
     source = TwoStageGMM()
     task = LogisticTask()
     pol = policy.GaussianPolicy(source.spec, learning_rate=0.1)
-    config = lts.LTSConfig(num_candidates=3, dataset_size=16, retain_mtm=True, keep_best_mtm=True, common_train_key=True)
+    config = lts.LTSConfig(
+        num_candidates=3, dataset_size=16, retain_mtm=True, keep_best_mtm=True, common_train_key=True
+    )
     val = jax.tree_util.tree_map(jnp.asarray, gmm.sample_real(1, 32))
     test = jax.tree_util.tree_map(jnp.asarray, gmm.sample_real(2, 32))
     programs = lts.Programs()

@@ -750,8 +750,10 @@ class Renderer:
         on_side = t_side < t_far
         t = jnp.minimum(t_far, t_side)
         s = jnp.where(on_side, L.CAMERA_Z + t + jnp.asarray(self.sg) * 1000.0, L.CAMERA_X + t * a)
-        veg_h = 8.0 + 9.0 * _value_noise(s / 9.0, jnp.zeros_like(s), seed) + 3.0 * _value_noise(
-            s / 2.5, jnp.ones_like(s), seed
+        veg_h = (
+            8.0
+            + 9.0 * _value_noise(s / 9.0, jnp.zeros_like(s), seed)
+            + 3.0 * _value_noise(s / 2.5, jnp.ones_like(s), seed)
         )
         seg = jnp.floor(s / 22.0).astype(jnp.int32)
         bld = _hash(seg, jnp.full_like(seg, 7), seed) < 0.35
@@ -1143,8 +1145,14 @@ class Renderer:
         # lookup tables per block of the sun's side: absent objects get impossible values
         h_tab = jnp.where(sc["house_present"][:, side], sc["house_height"][:, side] + 0.5 * L.HOUSE_ROOF_HEIGHT, -1.0)
         # the trees' table is gathered as rows: one gather instead of three
-        tree_tab = jnp.stack([sc["tree_z"][:, side], sc["tree_height"][:, side],
-                              jnp.where(sc["tree_present"][:, side], sc["tree_radius"][:, side] ** 2, -1.0)], -1)
+        tree_tab = jnp.stack(
+            [
+                sc["tree_z"][:, side],
+                sc["tree_height"][:, side],
+                jnp.where(sc["tree_present"][:, side], sc["tree_radius"][:, side] ** 2, -1.0),
+            ],
+            -1,
+        )
         he_tab = jnp.where(sc["end_present"], sc["end_height"] + 0.5 * L.HOUSE_ROOF_HEIGHT, -1.0)
         ze = g["zi"] + _onehot_rows(g["typ"], np.asarray(L.END_ROW_Z, np.float32)[:, None])[0]
         h_tab = _keep(h_tab, g["ones_b"])

@@ -120,9 +120,7 @@ HOUSE_PALETTE = np.array(
      [0.84, 0.83, 0.80], [0.38, 0.36, 0.34], [0.70, 0.54, 0.45]],
     np.float32,
 )  # fmt: skip
-ROOF_PALETTE = np.array(
-    [[0.42, 0.18, 0.13], [0.30, 0.30, 0.32], [0.50, 0.25, 0.16], [0.22, 0.22, 0.24]], np.float32
-)
+ROOF_PALETTE = np.array([[0.42, 0.18, 0.13], [0.30, 0.30, 0.32], [0.50, 0.25, 0.16], [0.22, 0.22, 0.24]], np.float32)
 
 
 def make_spec(learn_intersection: bool = False) -> P.ParamSpec:

@@ -72,8 +72,9 @@ class TrafficSimulator:
         # psi (eager call) is checked fully.
         shape = tuple(jnp.shape(psi))
         if len(shape) != 1 or shape[0] != self.spec.dim:
-            raise ValueError(f"psi has shape {list(shape)}; expected one psi of shape [{self.spec.dim}]: "
-                             f"{self.spec.layout()}")
+            raise ValueError(
+                f"psi has shape {list(shape)}; expected one psi of shape [{self.spec.dim}]: {self.spec.layout()}"
+            )
         try:
             concrete = np.asarray(psi)
         except jax.errors.TracerArrayConversionError:
