@@ -47,7 +47,7 @@ from absl import app, flags, logging
 
 from experiments import common, traffic_common
 from lts_jax import experiment, lts, plots, search
-from lts_jax.tasks.counting import COMPUTE_DTYPES, CountingTask
+from lts_jax.tasks.counting import COMPUTE_DTYPES, LOSSES, CountingTask
 
 NAME = "car_count"
 PSI_REAL = "val"  # the simulator's preset used as psi_real (PAPER.md: fixed, named, documented)
@@ -82,6 +82,15 @@ MTM_LR = common.MTM_LR  # Adam, of the counting CNN
 MTM_BATCH_SIZE = flags.DEFINE_integer("mtm_batch_size", 16, "Minibatch size of the counting CNN.")
 MTM_FEATURES = flags.DEFINE_list("mtm_features", ["16", "32", "64", "128"], "Channels of the CNN's 4 conv layers.")
 MTM_HIDDEN = flags.DEFINE_integer("mtm_hidden", 128, "Units of the CNN's hidden dense layer.")
+MTM_CONTEXT = flags.DEFINE_integer(
+    "mtm_context", 0, "3x3 context layers at the CNN's lowest resolution (wider receptive field; 0: none)."
+)
+MTM_POSITION = flags.DEFINE_bool(
+    "mtm_position", False, "A learned position embedding at the CNN's lowest resolution (where a car is says how far)."
+)
+MTM_LOSS = flags.DEFINE_string(
+    "mtm_loss", "l1", "Training loss of the CNN: l1 (the paper's, = the metric), mse or huber; the reward stays L1."
+)
 COMPUTE_DTYPE = common.COMPUTE_DTYPE
 
 common.set_defaults(
@@ -125,6 +134,9 @@ class Config:
     mtm_batch_size: int = 16
     mtm_features: tuple[int, ...] = (16, 32, 64, 128)
     mtm_hidden: int = 128
+    mtm_context: int = 0
+    mtm_position: bool = False
+    mtm_loss: str = "l1"
     compute_dtype: str = "float32"
     progress: bool = True
     log_every: int = 10
@@ -150,6 +162,9 @@ def make_task(cfg: Config, height: int, width: int) -> CountingTask:
         learning_rate=cfg.mtm_lr,
         features=cfg.mtm_features,
         hidden=cfg.mtm_hidden,
+        context=cfg.mtm_context,
+        position=cfg.mtm_position,
+        loss=cfg.mtm_loss,
         compute_dtype=cfg.compute_dtype,
     )
 
@@ -306,7 +321,8 @@ def run_search(
 def reference_signature(cfg: Config, lts_cfg: lts.LTSConfig, sim_info: Mapping[str, Any]) -> dict[str, Any]:
     """What the psi_real reward depends on; a stored reference is reused only when this matches."""
     keep = ("seed", "val_size", "test_size", "val_seed", "test_seed", "reference_iterations", "mtm_lr",
-            "mtm_batch_size", "mtm_features", "mtm_hidden", "compute_dtype")  # fmt: skip
+            "mtm_batch_size", "mtm_features", "mtm_hidden", "mtm_context", "mtm_position", "mtm_loss",
+            "compute_dtype")  # fmt: skip
     out = {k: getattr(cfg, k) for k in keep}
     out.update({k: getattr(lts_cfg, k) for k in ("num_candidates", "dataset_size", "mtm_epochs", "common_sim_key")})
     out["simulator"] = dict(sim_info)
@@ -471,6 +487,9 @@ def config_from_flags() -> Config:
         mtm_batch_size=MTM_BATCH_SIZE.value,
         mtm_features=tuple(int(f) for f in MTM_FEATURES.value),
         mtm_hidden=MTM_HIDDEN.value,
+        mtm_context=MTM_CONTEXT.value,
+        mtm_position=MTM_POSITION.value,
+        mtm_loss=MTM_LOSS.value,
         compute_dtype=COMPUTE_DTYPE.value,
         progress=common.PROGRESS.value,
         log_every=common.LOG_EVERY.value,
@@ -505,6 +524,8 @@ def validate_flags(spec) -> None:
     ok = len(MTM_FEATURES.value) >= 1 and all(f.strip().isdigit() and int(f) >= 1 for f in MTM_FEATURES.value)
     common.check(ok, "mtm_features", ",".join(MTM_FEATURES.value), "a comma-separated list of integers >= 1")
     common.check(MTM_HIDDEN.value >= 1, "mtm_hidden", MTM_HIDDEN.value, "an integer >= 1")
+    common.check(MTM_CONTEXT.value >= 0, "mtm_context", MTM_CONTEXT.value, "an integer >= 0")
+    common.check(MTM_LOSS.value in LOSSES, "mtm_loss", MTM_LOSS.value, " | ".join(LOSSES))
     common.check(
         COMPUTE_DTYPE.value in COMPUTE_DTYPES, "compute_dtype", COMPUTE_DTYPE.value, " | ".join(sorted(COMPUTE_DTYPES))
     )

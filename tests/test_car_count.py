@@ -151,6 +151,7 @@ def test_split_step_equals_lts_make_step():
     "args, flag",
     [
         (["--mtm_lr=-1"], "mtm_lr"),
+        (["--mtm_loss=l3"], "mtm_loss"),
         (["--search=fixed", "--fixed_params=final"], "final_from"),
         (["--simulator=carla"], "carla_hosts"),
     ],

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lts_jax.models.counting import CountingCNN, forward_macs, to_patch_order, train_flops_per_image
+from lts_jax.models.counting import CountingCNN, forward_macs, neighbourhood, to_patch_order, train_flops_per_image
 from lts_jax.tasks.counting import CountingTask, l1_per_type
 
 TINY = dict(features=(4, 8, 8, 8), hidden=8)
@@ -43,6 +43,43 @@ def test_patch_cnn_equals_stride2_convolutions():
     np.testing.assert_allclose(np.asarray(jax.jit(model.apply)({"params": params}, x)), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_context_layers_equal_3x3_convolutions():
+    """position + context: the embedding is added at the last level, then each context layer is a 3x3 SAME conv."""
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (2, 32, 64, 3), dtype=np.uint8)
+    model = CountingCNN(features=(4, 8, 8), hidden=8, context=2, position=True)
+    x = to_patch_order(jnp.asarray(images), 3)
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    assert params["position"].shape == (4, 8, 8)
+    # A non-zero embedding, so that the test sees where it is added.
+    params = dict(params, position=jnp.asarray(rng.normal(0, 0.3, (4, 8, 8)), jnp.float32))
+
+    h = images.astype(np.float32) / 255.0
+    conv = lambda h, k, s, pad: np.asarray(  # noqa: E731
+        jax.lax.conv_general_dilated(h, k, s, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+    )
+    for level in range(3):
+        p = params[f"conv{level}"]
+        h = np.maximum(conv(h, np.asarray(p["kernel"]).reshape(2, 2, h.shape[-1], -1), (2, 2), "VALID") + p["bias"], 0)
+    h = h + np.asarray(params["position"])
+    for i in range(2):
+        p = params[f"context{i}"]
+        h = np.maximum(conv(h, np.asarray(p["kernel"]).reshape(3, 3, 8, 8), (1, 1), "SAME") + p["bias"], 0)
+    h = h.mean(axis=(1, 2))
+    h = np.maximum(h @ np.asarray(params["hidden"]["kernel"]) + np.asarray(params["hidden"]["bias"]), 0.0)
+    ref = h @ np.asarray(params["out"]["kernel"]) + np.asarray(params["out"]["bias"])
+    np.testing.assert_allclose(np.asarray(jax.jit(model.apply)({"params": params}, x)), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_neighbourhood_order():
+    x = jnp.arange(1 * 3 * 4 * 2, dtype=jnp.float32).reshape(1, 3, 4, 2)
+    y = neighbourhood(x)
+    assert y.shape == (1, 3, 4, 18)
+    np.testing.assert_array_equal(y[0, 1, 1].reshape(3, 3, 2), x[0, 0:3, 0:3])  # interior: the 3x3 block
+    np.testing.assert_array_equal(y[0, 0, 0].reshape(3, 3, 2)[0], 0)  # top row padded
+    np.testing.assert_array_equal(y[0, 0, 0].reshape(3, 3, 2)[1:, 1:], x[0, 0:2, 0:2])
+
+
 def test_patch_order_pads_odd_sizes():
     x = jnp.arange(2 * 20 * 36 * 3, dtype=jnp.int32).reshape(2, 20, 36, 3)
     y = to_patch_order(x, 2)  # padded to 20 x 36 (already multiples of 4)
@@ -61,6 +98,10 @@ def test_flops_count():
     macs = forward_macs(96, 320, (16, 32, 64, 128), 128, 5, "patch")
     assert macs[:4] == [48 * 160 * 12 * 16, 24 * 80 * 64 * 32, 12 * 40 * 128 * 64, 6 * 20 * 256 * 128]
     assert train_flops_per_image(96, 320, (16, 32, 64, 128), 128, 5, "patch") == 2 * (3 * sum(macs) - macs[0])
+    macs = forward_macs(96, 320, (16, 32, 64, 128, 128), 128, 5, "patch", context=2)
+    assert macs[4:7] == [3 * 10 * 512 * 128, 3 * 10 * 9 * 128 * 128, 3 * 10 * 9 * 128 * 128]
+    task = CountingTask(96, 320, features=(16, 32, 64, 128, 128), context=2, position=True)
+    assert task.flops_per_image() == 2 * (3 * sum(macs) - macs[0])
 
 
 def test_l1_against_numpy():
@@ -71,6 +112,24 @@ def test_l1_against_numpy():
     np.testing.assert_allclose(l1_per_type(jnp.asarray(pred), jnp.asarray(counts)), np.abs(pred - counts).mean(0), 1e-6)
     ref = (np.abs(pred - counts) * weights[:, None]).sum(0) / weights.sum()
     np.testing.assert_allclose(l1_per_type(jnp.asarray(pred), jnp.asarray(counts), jnp.asarray(weights)), ref, 1e-6)
+
+
+@pytest.mark.parametrize("loss", ["l1", "mse", "huber"])
+def test_training_losses(loss):
+    """The training loss against NumPy (masked examples drop out); the metric stays L1 whatever the loss."""
+    rng = np.random.default_rng(7)
+    task = CountingTask(16, 32, loss=loss, **TINY)
+    state = jax.jit(task.init)(jax.random.key(0))
+    data = _data(rng, 9, 16, 32)
+    weights = jnp.asarray((rng.random(9) < 0.6).astype(np.float32))
+    inputs = task.prepare(data["image"])
+    got = float(jax.jit(task.loss_fn)(state.params, inputs, data["counts"], weights))
+    err = np.asarray(task.apply(state.params, inputs)) - np.asarray(data["counts"])
+    per = {"l1": np.abs(err), "mse": err**2, "huber": np.where(np.abs(err) < 1, 0.5 * err**2, np.abs(err) - 0.5)}[loss]
+    w = np.asarray(weights)
+    np.testing.assert_allclose(got, (per.mean(1) * w).sum() / w.sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown loss"):
+        CountingTask(16, 32, loss="l2")
 
 
 def test_evaluate_chunks_and_masks_remainder():

@@ -17,8 +17,19 @@ Two formulations of the convolutions (``conv=``):
 - ``"conv3x3"``: 3x3 stride-2 SAME convolutions (``nn.Conv``) on the NHWC image,
   the textbook layout; kept as the reference the benchmarks compare against.
 
-Both end with ReLU features ``[N, H/16, W/16, features[-1]]`` averaged over
-positions, then ``Dense(hidden) -> ReLU -> Dense(num_types)``. Outputs are float32
+Optional, at the last (lowest) resolution, before pooling:
+
+- ``position=True``: a learned per-position embedding ``[H', W', C]`` added to the
+  feature map (the convolutions are translation invariant; where a car appears
+  in the image says how far away it is, hence how large it should look);
+- ``context=k``: k 3x3 stride-1 SAME convolutions with ``features[-1]`` channels,
+  each written as a matrix product over the zero-padded 3x3 neighbourhood of every
+  position (:func:`neighbourhood`), so that under ``vmap`` they stay batched
+  matrix products too. Each widens the receptive field by two cells
+  (2 * 2**levels pixels), so that a near car (~60 x 40 px at 96x320) fits in one.
+
+The network then averages the ReLU features over positions and ends with
+``Dense(hidden) -> ReLU -> Dense(num_types)``. Outputs are float32
 counts ``[N, num_types]`` whatever the compute dtype.
 
 Mixed precision: ``dtype`` is the compute dtype (activations and matrix
@@ -74,6 +85,16 @@ def to_patch_order(images: jax.Array, levels: int) -> jax.Array:
     return x.reshape(*lead, hp >> levels, wp >> levels, 4**levels * c)
 
 
+def neighbourhood(x: jax.Array) -> jax.Array:
+    """[N, h, w, C] -> [N, h, w, 9 C]: each position's zero-padded 3x3 neighbourhood, ordered (dy, dx, c).
+
+    ``Dense(f)`` on it is ``nn.Conv(f, (3, 3), padding="SAME")`` with the HWIO kernel reshaped to ``[9 C, f]``.
+    """
+    n, h, w, c = x.shape
+    p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jnp.concatenate([p[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=-1)
+
+
 def forward_macs(
     height: int,
     width: int,
@@ -82,8 +103,9 @@ def forward_macs(
     num_types: int,
     conv: str,
     channels: int = 3,
+    context: int = 0,
 ) -> list[int]:
-    """Multiply-accumulates per image of each matrix-product layer, in order (convs, then head)."""
+    """Multiply-accumulates per image of each matrix-product layer, in order (convs, context, head)."""
     k = 4 if conv == "patch" else 9
     h, w = padded_size(height, width, len(features)) if conv == "patch" else (height, width)
     macs, cin = [], channels
@@ -91,22 +113,23 @@ def forward_macs(
         h, w = -(-h // 2), -(-w // 2)
         macs.append(h * w * k * cin * f)
         cin = f
+    macs += [h * w * 9 * cin * cin] * context
     macs += [cin * hidden, hidden * num_types]
     return macs
 
 
-def train_flops_per_image(height, width, features, hidden, num_types, conv, channels=3) -> float:
+def train_flops_per_image(height, width, features, hidden, num_types, conv, channels=3, context=0) -> float:
     """FLOPs per image of one training step: forward (2 MACs), weight gradient (2) and input gradient (2),
     except the first layer, whose input gradient is never needed."""
-    macs = forward_macs(height, width, features, hidden, num_types, conv, channels)
+    macs = forward_macs(height, width, features, hidden, num_types, conv, channels, context)
     return float(2 * (3 * sum(macs) - macs[0]))
 
 
 class CountingCNN(nn.Module):
     """Predicts per-type car counts.
 
-    Input: for ``conv="patch"``, images in patch order ``[N, H/16, W/16, 256 C]``
-    (:func:`to_patch_order` with ``levels=len(features)``); for ``"conv3x3"``,
+    Input: for ``conv="patch"``, images in patch order ``[N, H/2^L, W/2^L, 4^L C]``
+    (:func:`to_patch_order` with ``L = levels = len(features)``); for ``"conv3x3"``,
     ``[N, H, W, C]``. uint8 (scaled by 1/255 here) or float. Output: ``[N, num_types]`` float32.
     """
 
@@ -114,6 +137,8 @@ class CountingCNN(nn.Module):
     hidden: int = 128
     num_types: int = 5
     conv: str = "patch"
+    context: int = 0
+    position: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -136,6 +161,12 @@ class CountingCNN(nn.Module):
             for level, f in enumerate(self.features):
                 conv = nn.Conv(f, (3, 3), 2, "SAME", dtype=self.dtype, kernel_init=_he, name=f"conv{level}")
                 x = nn.relu(conv(x))
+        if self.position:
+            _, h, w, c = x.shape
+            x = x + self.param("position", nn.initializers.zeros, (h, w, c)).astype(self.dtype)
+        for i in range(self.context):
+            dense = nn.Dense(self.features[-1], dtype=self.dtype, kernel_init=_he, name=f"context{i}")
+            x = nn.relu(dense(neighbourhood(x)))
         # Mean over positions in float32: the sum of thousands of bf16 terms would lose the counts' resolution.
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
         x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_he, name="hidden")(x))

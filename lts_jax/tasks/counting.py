@@ -1,9 +1,10 @@
 """The car-counting main task model (paper section 4.3).
 
 A CNN (:class:`lts_jax.models.counting.CountingCNN`) predicts the number of cars
-of each of 5 types in an image. Loss and metric are the L1 distance between
-predicted (real-valued, not rounded) and true counts, averaged over types; the
-reward is the negative validation L1.
+of each of 5 types in an image. The metric is the L1 distance between predicted
+(real-valued, not rounded) and true counts, averaged over types; the reward is
+the negative validation L1. The training loss is the same L1 by default
+(``loss="mse"`` or ``"huber"`` train on another loss; the metric stays L1).
 
 Data: ``{"image": uint8 [N, H, W, 3], "counts": int [N, num_types], ...}``
 (other keys are ignored), as the traffic simulator returns.
@@ -27,6 +28,7 @@ from lts_jax.models.counting import CONVS, CountingCNN, to_patch_order, train_fl
 from lts_jax.policy import make_optimizer
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+LOSSES = ("l1", "mse", "huber")
 
 
 @struct.dataclass
@@ -34,7 +36,7 @@ class CountingState:
     params: Any  # float32 pytree (master weights, also under bfloat16 compute)
     opt_state: optax.OptState  # float32
     step: jax.Array  # [] int32, optimizer steps taken
-    loss: jax.Array  # [] float32, mean training L1 over the last epoch (NaN before any training)
+    loss: jax.Array  # [] float32, mean training loss over the last epoch (NaN before any training)
 
 
 def l1_per_type(pred: jax.Array, counts: jax.Array, weights: jax.Array | None = None) -> jax.Array:
@@ -63,7 +65,9 @@ class CountingTask:
       compute_dtype: "float32" or "bfloat16". bfloat16 computes activations and
         matrix products in bf16 while parameters, gradients and optimizer state
         stay float32.
-      features, hidden, conv: the CNN (see :mod:`lts_jax.models.counting`).
+      features, hidden, conv, context, position: the CNN (see :mod:`lts_jax.models.counting`).
+      loss: training loss per count: "l1" (the metric), "mse" (squared error) or
+        "huber" (squared below 1, linear above); averaged over types and examples.
       num_types: number of car types (length of ``counts``).
       eval_batch_size: examples per evaluation chunk (a scan; the last chunk is
         padded and masked).
@@ -84,6 +88,9 @@ class CountingTask:
         features: Sequence[int] = (16, 32, 64, 128),
         hidden: int = 128,
         conv: str = "patch",
+        context: int = 0,
+        position: bool = False,
+        loss: str = "l1",
         num_types: int = 5,
         eval_batch_size: int = 256,
         unroll: int = 1,
@@ -96,6 +103,10 @@ class CountingTask:
             raise ValueError(f"unknown compute_dtype {compute_dtype!r}; choose one of {sorted(COMPUTE_DTYPES)}")
         if conv not in CONVS:
             raise ValueError(f"unknown conv {conv!r}; choose one of {CONVS}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        if context < 0:
+            raise ValueError(f"context must be >= 0, got {context}")
         if unroll < 1:
             raise ValueError(f"unroll must be >= 1, got {unroll}")
         self.height, self.width = int(height), int(width)
@@ -104,11 +115,14 @@ class CountingTask:
         self.compute_dtype = compute_dtype
         self.num_types = int(num_types)
         self.unroll = int(unroll)
+        self.loss = loss
         self.model = CountingCNN(
             features=tuple(features),
             hidden=int(hidden),
             num_types=self.num_types,
             conv=conv,
+            context=int(context),
+            position=bool(position),
             dtype=COMPUTE_DTYPES[compute_dtype],
         )
         self.optimizer = make_optimizer(optimizer, learning_rate, grad_clip)
@@ -134,7 +148,9 @@ class CountingTask:
     def flops_per_image(self) -> float:
         """Analytic FLOPs of one training step per image (matrix products only)."""
         m = self.model
-        return train_flops_per_image(self.height, self.width, m.features, m.hidden, m.num_types, m.conv)
+        return train_flops_per_image(
+            self.height, self.width, m.features, m.hidden, m.num_types, m.conv, context=m.context
+        )
 
     # -- Task protocol -------------------------------------------------------------------------
 
@@ -149,8 +165,14 @@ class CountingTask:
         )
 
     def loss_fn(self, params: Any, inputs: jax.Array, counts: jax.Array, weights: jax.Array) -> jax.Array:
-        """Weighted mean over examples of the type-averaged L1; inputs prepared, weights [B]."""
-        return jnp.mean(l1_per_type(self.apply(params, inputs), counts, weights))
+        """Weighted mean over examples of the type-averaged training loss; inputs prepared, weights [B]."""
+        pred = self.apply(params, inputs)
+        if self.loss == "l1":
+            return jnp.mean(l1_per_type(pred, counts, weights))
+        err = pred - counts.astype(jnp.float32)
+        per = err**2 if self.loss == "mse" else optax.huber_loss(err, delta=1.0)
+        w = weights.astype(jnp.float32)
+        return jnp.sum(jnp.mean(per, axis=-1) * w) / jnp.maximum(jnp.sum(w), 1.0)
 
     def train_step(self, state: CountingState, inputs: jax.Array, counts: jax.Array, weights: jax.Array):
         """One optimizer step on a prepared minibatch; returns (state, loss)."""
