@@ -31,7 +31,7 @@ numbers, final test rewards per method, the targets of issue 5), sweep_table.md 
 fig4.png fig5.png fig7.png fig8.png fig9.png. ``--redraw`` redraws them from sweep_results.json alone.
 
 Scales (--scale presets; flags given explicitly win): tiny (a test: seconds after compilation),
-quick (minutes on 2 CPU cores), paper (one H100 in about 9 minutes; see experiments/flags/car_count_sweep.flags).
+quick (minutes on 2 CPU cores), paper (7 minutes on one H200, measured; see experiments/flags/car_count_sweep.flags).
 """
 
 from __future__ import annotations
@@ -81,12 +81,12 @@ SCALES: dict[str, dict[str, Any]] = {
         big_size=1000, big_epochs=3, time_budget_s=0.0, min_iterations=5, final_window=3, checkpoint_every=0,
         log_every=5,
     ),
-    # One H100, about 9 minutes of wall time in all (experiments/flags/car_count_sweep.flags documents it).
+    # One GPU: 415 s of wall time in all on an H200 (experiments/flags/car_count_sweep.flags documents it).
     "paper": dict(
-        height=96, width=320, num_iterations=150, num_candidates=8, dataset_size=100, mtm_epochs=3, val_size=400,
+        height=96, width=320, num_iterations=300, num_candidates=8, dataset_size=100, mtm_epochs=3, val_size=400,
         test_size=400, test_every=5, render_chunk=400, xi_values=["1", "3", "7", "10"],
-        m_values=["20", "50", "100", "200"], num_seeds=3, big_size=10000, big_epochs=5, time_budget_s=450.0,
-        min_iterations=20, final_window=5, compute_dtype="bfloat16", checkpoint_every=0, log_every=50,
+        m_values=["20", "50", "100", "200"], num_seeds=3, big_size=40000, big_epochs=5, time_budget_s=470.0,
+        min_iterations=30, final_window=5, compute_dtype="bfloat16", checkpoint_every=0, log_every=50,
     ),
 }  # fmt: skip
 
@@ -633,8 +633,8 @@ def plan_from_flags() -> Plan:
 def main() -> None:
     from simulators.traffic.scene import make_spec
 
-    if not common.WORKDIR.value:
-        raise common.usage_error("--workdir is required (a directory for the sub-runs)")
+    if not (common.WORKDIR.value or (REDRAW.value and SUMMARY_DIR.value)):
+        raise common.usage_error("--workdir is required (a directory for the sub-runs; --redraw: or --summary_dir)")
     summary_dir = Path(SUMMARY_DIR.value or common.WORKDIR.value)
     if REDRAW.value:
         path = summary_dir / RESULTS_FILE

@@ -212,6 +212,11 @@ def test_sweep_tiny_figures_and_resume(tmp_path, cache_dir):
     s2 = json.loads((summary_dir / "sweep_results.json").read_text())
     assert all(v.get("reused") for v in s2["runs"].values())
     assert s2["analysis"]["final_test_reward"] == a["final_test_reward"]
+    # --redraw needs only the summary directory (e.g. experiments/results/...): figures come back from the JSON.
+    (summary_dir / "fig5.png").unlink()
+    proc = _run(["experiments.car_count_sweep", "--redraw", f"--summary_dir={summary_dir}"], cache_dir, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (summary_dir / "fig5.png").stat().st_size > 10_000
 
 
 def test_sweep_summary_survives_failed_runs(tmp_path):
