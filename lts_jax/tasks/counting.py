@@ -45,11 +45,15 @@ def l1_per_type(pred: jax.Array, counts: jax.Array, weights: jax.Array | None = 
     pred: [N, T] float; counts: [N, T] int or float; weights: [N] (0 masks an example) or None.
     Returns [T] float32: sum_n w_n |pred - counts| / sum_n w_n.
     """
-    err = jnp.abs(pred.astype(jnp.float32) - counts.astype(jnp.float32))
+    return per_type_mean(jnp.abs(pred.astype(jnp.float32) - counts.astype(jnp.float32)), weights)
+
+
+def per_type_mean(per: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """[N, T] per-example, per-type values -> [T]: their (weighted) mean over examples, as in :func:`l1_per_type`."""
     if weights is None:
-        return jnp.mean(err, axis=0)
+        return jnp.mean(per, axis=0)
     w = weights.astype(jnp.float32)
-    return jnp.sum(err * w[:, None], axis=0) / jnp.maximum(jnp.sum(w), 1.0)
+    return jnp.sum(per * w[:, None], axis=0) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 class CountingTask:
@@ -166,13 +170,9 @@ class CountingTask:
 
     def loss_fn(self, params: Any, inputs: jax.Array, counts: jax.Array, weights: jax.Array) -> jax.Array:
         """Weighted mean over examples of the type-averaged training loss; inputs prepared, weights [B]."""
-        pred = self.apply(params, inputs)
-        if self.loss == "l1":
-            return jnp.mean(l1_per_type(pred, counts, weights))
-        err = pred - counts.astype(jnp.float32)
-        per = err**2 if self.loss == "mse" else optax.huber_loss(err, delta=1.0)
-        w = weights.astype(jnp.float32)
-        return jnp.sum(jnp.mean(per, axis=-1) * w) / jnp.maximum(jnp.sum(w), 1.0)
+        err = self.apply(params, inputs) - counts.astype(jnp.float32)
+        per = {"l1": jnp.abs, "mse": jnp.square, "huber": lambda e: optax.huber_loss(e, delta=1.0)}[self.loss](err)
+        return jnp.mean(per_type_mean(per, weights))
 
     def train_step(self, state: CountingState, inputs: jax.Array, counts: jax.Array, weights: jax.Array):
         """One optimizer step on a prepared minibatch; returns (state, loss)."""
