@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from lts_jax import lts, parallel, policy
+from lts_jax import lts, parallel
+from lts_jax.search import policy
 from lts_jax.tasks.counting import CountingTask
 from simulators.traffic import TrafficSimulator
 

@@ -46,7 +46,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import common, traffic_common
-from lts_jax import experiment, lts, plots, search
+from lts_jax import lts, search
+from lts_jax.run import experiment, plots
 from lts_jax.tasks.counting import COMPUTE_DTYPES, LOSSES, CountingTask
 
 NAME = "car_count"

@@ -51,7 +51,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import car_count, common, traffic_common
-from lts_jax import experiment, lts
+from lts_jax import lts
+from lts_jax.run import experiment
 
 SCALE = flags.DEFINE_string("scale", "quick", "Preset of sizes: tiny, quick or paper (explicit flags win).")
 SUMMARY_DIR = flags.DEFINE_string("summary_dir", None, "Where sweep_results.json, the table and figures go.")
@@ -521,7 +522,7 @@ def _panel(ax, summary, items, key, title, ref_key=None):
 
 def draw_figures(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """fig4.png fig5.png fig7.png fig8.png fig9.png from the summary alone (no run files needed)."""
-    from lts_jax import plots  # matplotlib with the Agg backend; imported here, only figures need it
+    from lts_jax.run import plots  # matplotlib with the Agg backend; imported here, only figures need it
 
     plt = plots.plt
 

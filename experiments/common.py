@@ -18,8 +18,10 @@ from typing import Any
 
 from absl import app, flags
 
-from lts_jax import checkpoint, experiment, lts, parallel, policy, search
+from lts_jax import lts, parallel, search
 from lts_jax.params import ParamSpec
+from lts_jax.run import checkpoint, experiment
+from lts_jax.search import policy
 
 SEARCHES = ("lts", "fixed", "random_params", "random_search")
 

@@ -57,7 +57,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lts_jax import experiment
+from lts_jax.run import experiment
 
 IMAGE_DIR, LABEL_DIR, CHUNK_DIR = "image_2", "semantic", ".chunks"
 MANIFEST, COUNTS, POINTS = "generate.json", "counts.jsonl", "points.csv"

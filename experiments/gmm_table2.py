@@ -17,7 +17,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common, gmm_toy
-from lts_jax import experiment, policy
+from lts_jax.run import experiment
+from lts_jax.search import policy
 from simulators import gmm
 
 SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds of the runs.")

@@ -21,7 +21,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import common
-from lts_jax import experiment, lts, plots
+from lts_jax import lts
+from lts_jax.run import experiment, plots
 from lts_jax.tasks.svm import SVMTask, fit_svc
 from simulators import gmm
 

@@ -55,8 +55,9 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common, seg_common, traffic_common
-from lts_jax import experiment, lts, plots
+from lts_jax import lts
 from lts_jax.data import kitti
+from lts_jax.run import experiment, plots
 from lts_jax.tasks import segmentation as seg
 
 PARTIAL = "results_partial.json"  # the finished methods' tables while the run goes on

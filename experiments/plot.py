@@ -27,7 +27,7 @@ from pathlib import Path
 from absl import app
 
 from experiments import common
-from lts_jax import experiment, plots
+from lts_jax.run import experiment, plots
 
 HOOK = "draw_figures_from_workdir"
 

@@ -49,8 +49,9 @@ import optax
 from absl import flags
 
 from experiments import common, traffic_common
-from lts_jax import experiment, lts
+from lts_jax import lts
 from lts_jax.models.segmentation import MODELS
+from lts_jax.run import experiment
 from lts_jax.tasks import segmentation as seg
 
 DATA_KEYS = ("image", "label")

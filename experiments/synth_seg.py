@@ -40,7 +40,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common, seg_common, traffic_common
-from lts_jax import experiment, lts, plots, search
+from lts_jax import lts, search
+from lts_jax.run import experiment, plots
 
 PARTIAL = "results_partial.json"  # the finished methods' tables while the run goes on
 NAME = "synth_seg"

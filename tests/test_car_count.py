@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from experiments import car_count_sweep, traffic_common
-from lts_jax import lts, policy
+from lts_jax import lts
 from lts_jax.params import ParamSpec, bernoulli, categorical
+from lts_jax.search import policy
 from lts_jax.tasks.counting import CountingTask, l1_per_type
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,7 +283,7 @@ def test_carla_renderer_and_lost_servers(tmp_path):
     """Scenes rendered on the host pool match the bridge's; when every server is gone the run stops with
     SimulatorUnavailable naming the hosts, and the last good iteration is checkpointed."""
     from experiments import car_count
-    from lts_jax import checkpoint
+    from lts_jax.run import checkpoint
     from simulators.carla import CarlaPool, CarlaSimulator
     from simulators.carla.testing import FakeSession, FakeTraffic
 

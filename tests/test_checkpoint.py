@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lts_jax import checkpoint, lts, policy
+from lts_jax import lts
+from lts_jax.run import checkpoint
+from lts_jax.search import policy
 from simulators import gmm
 
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lts_jax import lts, policy, search
+from lts_jax import lts, search
+from lts_jax.search import policy
 from lts_jax.tasks.svm import SVMTask
 from simulators import gmm
 

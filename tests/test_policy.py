@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lts_jax import params, policy
+from lts_jax import params
+from lts_jax.search import policy
 
 
 def spec1(dim=1):

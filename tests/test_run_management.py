@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lts_jax import checkpoint, experiment, lts, policy, tensorboard
+from lts_jax import lts
+from lts_jax.run import checkpoint, experiment, tensorboard
+from lts_jax.search import policy
 from simulators import gmm
 
 ROOT = Path(__file__).resolve().parents[1]

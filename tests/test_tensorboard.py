@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from lts_jax import tensorboard as tb
+from lts_jax.run import tensorboard as tb
 
 
 def test_crc32c_check_values():

@@ -25,7 +25,7 @@ import optax
 from flax import struct
 
 from lts_jax.models.counting import CONVS, CountingCNN, to_patch_order, train_flops_per_image
-from lts_jax.policy import make_optimizer
+from lts_jax.search.policy import make_optimizer
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 LOSSES = ("l1", "mse", "huber")

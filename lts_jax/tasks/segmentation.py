@@ -45,7 +45,7 @@ import optax
 from flax import struct
 
 from lts_jax.models.segmentation import MODELS, make_model
-from lts_jax.policy import make_optimizer
+from lts_jax.search.policy import make_optimizer
 
 CLASS_IDS = (7, 8, 11, 21, 22, 23, 26)
 CLASS_NAMES = ("road", "sidewalk", "building", "vegetation", "terrain", "sky", "car")

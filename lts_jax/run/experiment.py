@@ -53,9 +53,10 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from lts_jax import checkpoint, lts
-from lts_jax import tensorboard as tb
+from lts_jax import lts
 from lts_jax.params import ParamSpec
+from lts_jax.run import checkpoint
+from lts_jax.run import tensorboard as tb
 
 # Flags that change how a run is managed, not what it computes: they may differ on resume.
 RUN_MANAGEMENT_FLAGS = frozenset(
@@ -709,7 +710,7 @@ def _run(
         )
     if figures and log.history:
         try:
-            from lts_jax import plots  # matplotlib is only needed here
+            from lts_jax.run import plots  # matplotlib is only needed here
 
             plots.run_figures(log.history, workdir)
         except Exception as e:  # a figure never costs a finished run

@@ -13,7 +13,7 @@ object. Every state tracks the best candidate seen (``best_psi``,
 strategies.
 
 This module holds the paper's baselines; the REINFORCE policy is in
-:mod:`lts_jax.policy`.
+:mod:`lts_jax.search.policy`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import optax
 from flax import struct
 
 from lts_jax.params import ParamSpec
-from lts_jax.search import Best, reward_metrics
+from lts_jax.search.baselines import Best, reward_metrics
 
 
 @struct.dataclass

@@ -1,0 +1,1 @@
+"""Host-only run management: workdir, metrics and TensorBoard, progress, checkpoints, figures, the driver."""
