@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from lts_jax import parallel
+from lts_jax.tasks import trainer
 from lts_jax.tasks.counting import CountingTask
 
 # Dense peak FLOP/s by device-name fragment (datasheet figures; "float32" is the non-tensor-core rate:
@@ -140,13 +141,13 @@ def build_train(args, conv: str, dtype: str, k: int, strategy: str, data, keys):
         raise ValueError(f"unknown variant {variant!r}")
     common = dict(features=args.features, hidden=args.hidden, conv=conv, compute_dtype=dtype, unroll=unroll)
     task = cls(args.height, args.width, batch_size=b, **common)
-    s = task.batching(m)[0]
+    s = trainer.batching(m, b)[0]
     states = jax.vmap(task.init)(jax.random.split(jax.random.key(0), k))
 
     if strategy == "dispatch":
         inputs = [task.prepare(data["image"][i]) for i in range(k)]
         counts = [data["counts"][i] for i in range(k)]
-        idx, weights = task.schedule(jax.random.key(2), m, 1)
+        idx, weights = trainer.schedule(jax.random.key(2), m, 1, b)
         idx, weights = list(idx), list(weights)
         step = jax.jit(lambda st, x, y, i, w: task.train_step(st, x[i], y[i], w)[0], donate_argnums=0)
         box = [jax.tree_util.tree_map(lambda a, i=i: a[i], states) for i in range(k)]
@@ -189,7 +190,7 @@ def build_train(args, conv: str, dtype: str, k: int, strategy: str, data, keys):
 def bench_train_group(args, conv: str, dtype: str, k: int, strategies, rng, profile_dir=None) -> list[dict]:
     """All strategies for one (conv, dtype, K), timed round-robin on the same data."""
     m = dataset_size(args)
-    steps = CountingTask(args.height, args.width, batch_size=args.batch).batching(m)[0]
+    steps = trainer.batching(m, args.batch)[0]
     data = make_data(jax.random.fold_in(rng, k), k, m, args.height, args.width)
     keys = jax.random.split(jax.random.key(1), k)
     fns, errors, jitted = {}, {}, {}

@@ -55,9 +55,9 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common, seg_common, traffic_common
-from lts_jax import lts, run
+from lts_jax import lts
 from lts_jax.data import kitti
-from lts_jax.run import plots
+from lts_jax.run import experiment, plots
 from lts_jax.tasks import segmentation as seg
 
 PARTIAL = "results_partial.json"  # the finished methods' tables while the run goes on
@@ -177,7 +177,7 @@ def train_and_evaluate(
 
     key = jax.random.key(cfg.seed)
     k_psi0, k_pre, k_state, k_run, k_real = jax.random.split(key, 5)
-    renderer = traffic_common.SceneRenderer(sim, render_chunk, seg_common.DATA_KEYS)
+    renderer = traffic_common.SceneRenderer(sim, render_chunk, seg.SegmentationTask.data_keys)
     programs = traffic_common.Programs()
     pieces = seg_common.Pieces(seg_common.make_task(mtm_cfg, H, W), xi)
     out = seg_common.Outcome()
@@ -215,7 +215,7 @@ def train_and_evaluate(
         "late_mean_reward": seg_common.late_mean_reward(out.curves),
         "split": split,
         "kitti_dir": os.path.abspath(cfg.kitti_dir),
-        **(run.psi_export(spec, out.psi[headline]) if headline else {}),
+        **(experiment.psi_export(spec, out.psi[headline]) if headline else {}),
         "psi_method": headline,
         "psi_by_method": {m: spec.describe(p) for m, p in out.psi.items()},
         "psi_raw_by_method": {m: np.asarray(p).tolist() for m, p in out.psi.items()},
@@ -233,7 +233,7 @@ def train_and_evaluate(
         "timing": out.timing,
         "device": str(jax.devices()[0].device_kind),
     }
-    run.write_json(workdir / "results.json", results)
+    experiment.write_json(workdir / "results.json", results)
     (workdir / PARTIAL).unlink(missing_ok=True)
     draw_figures_from_workdir(workdir)
     log(summary_table(results))
@@ -309,7 +309,7 @@ def evaluate_dir(workdir: str | Path, eval_dir: str, log: Callable[[str], None] 
         car[method], miou[method] = m["car_iou"], m["mean_iou"]
     results["eval_car_iou"], results["eval_mean_iou"] = car, miou
     results["eval"] = {"dir": os.path.abspath(eval_dir), "images": len(data["names"]), "names": list(data["names"])}
-    run.write_json(path, results)
+    experiment.write_json(path, results)
     log(summary_table(results))
     return results
 

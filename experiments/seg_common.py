@@ -5,7 +5,7 @@ Flags (any experiment importing this module gets them): ``--model --fcn_width --
 --pretrain_images --pretrain_psi --pretrain_lr --common_train_key --run_dir``.
 
 Each experiment runs several methods (searches) with the same main task model. Every method is one
-``run.run_search`` run in its own directory ``RUN_DIR/<method>/`` (metrics.jsonl, TensorBoard
+``experiment.run_search`` run in its own directory ``RUN_DIR/<method>/`` (metrics.jsonl, TensorBoard
 events, checkpoints, ``best_params.msgpack``); the experiment's ``--workdir`` holds the summary:
 flags.txt, results.json and the paper's figure. ``--run_dir`` defaults to ``--workdir``; point it
 elsewhere when only the summary should travel (a GPU batch job whose output folder is copied back).
@@ -45,16 +45,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import flags
 
 from experiments import common, traffic_common
-from lts_jax import lts, run
+from lts_jax import lts
 from lts_jax.models.segmentation import MODELS
+from lts_jax.optim import OPTIMIZERS, make_optimizer
+from lts_jax.run import experiment
 from lts_jax.tasks import segmentation as seg
+from lts_jax.tasks.trainer import TrainState
 
-DATA_KEYS = ("image", "label")
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
 DTYPES = ("float32", "bfloat16")
 BEST_PARAMS = "best_params.msgpack"
 PRETRAINED = "pretrained.msgpack"
@@ -150,16 +150,6 @@ def validate_flags(spec) -> None:
     common.check(not common.RETAIN_MTM.value, "retain_mtm", common.RETAIN_MTM.value, "false (not supported here)")
 
 
-def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-    """The MTM optimiser with its learning rate held in the optimiser state (optax.inject_hyperparams).
-
-    So pretraining and fine-tuning may use different rates and still share one compiled training program:
-    the rate is a value of the state, not a constant of the program.
-    """
-    makers = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
-    return optax.inject_hyperparams(makers[name])(learning_rate=learning_rate)
-
-
 def make_task(
     cfg: MTMConfig, height: int, width: int, init_checkpoint: str | None = None, *, pretraining: bool = False
 ) -> seg.SegmentationTask:
@@ -173,7 +163,9 @@ def make_task(
         height,
         width,
         batch_size=cfg.batch_size,
-        optimizer=make_optimizer(cfg.optimizer, lr),
+        # The rate lives in the optimiser state, so pretraining and fine-tuning at different rates share one
+        # compiled training program.
+        optimizer=make_optimizer(cfg.optimizer, lr, learning_rate_in_state=True),
         augment=cfg.augment,
         jitter=cfg.jitter,
         eval_batch_size=cfg.eval_batch_size or None,
@@ -203,9 +195,9 @@ def run_dir(workdir: Path) -> Path:
 
 
 # ----- compiled pieces -------------------------------------------------------------------------------------
-def params_state(params: Any) -> seg.SegState:
-    """A SegState holding only ``params`` (what evaluation reads)."""
-    return seg.SegState(params=params, opt_state=(), step=jnp.zeros((), jnp.int32), train_loss=jnp.zeros(()))
+def params_state(params: Any) -> TrainState:
+    """A TrainState holding only ``params`` (what evaluation reads)."""
+    return TrainState(params=params, opt_state=(), step=jnp.zeros((), jnp.int32), train_loss=jnp.zeros(()))
 
 
 @dataclasses.dataclass
@@ -234,10 +226,10 @@ class Pieces:
 
 def arrays(data: Mapping[str, Any]) -> dict[str, Any]:
     """``{"image", "label"}`` of a data set (drops names and other entries before they reach jit)."""
-    return {k: data[k] for k in DATA_KEYS}
+    return {k: data[k] for k in seg.SegmentationTask.data_keys}
 
 
-def best_params(state: seg.SegState) -> Any:
+def best_params(state: TrainState) -> Any:
     """What a run keeps of its best MTM: the params (a third of the state; all evaluation and
     save_params need)."""
     return state.params
@@ -275,7 +267,7 @@ def pretrain(
     key: jax.Array,
     log: Callable[[str], None] = print,
     init_task: seg.SegmentationTask | None = None,
-) -> tuple[seg.SegState, float | None]:
+) -> tuple[TrainState, float | None]:
     """One MTM trained from scratch on ``num_images`` simulated images from ``psi``.
 
     Rendered ``chunk`` (= M) fresh images at a time, each chunk trained on for ``pieces.epochs`` epochs,
@@ -367,7 +359,7 @@ def prepare_method_dir(path: Path, overwrite: bool, flag_values: Mapping[str, An
     path = Path(path)
     if overwrite and path.is_dir():
         (path / BEST_PARAMS).unlink(missing_ok=True)
-    return run.prepare_workdir(path, overwrite=overwrite, config=flag_values, ignore=common.RUN_MANAGEMENT_FLAGS)
+    return experiment.prepare_workdir(path, overwrite=overwrite, flags=flag_values)
 
 
 def run_method(
@@ -381,9 +373,9 @@ def run_method(
     spec,
     run_options: Mapping[str, Any],
 ) -> tuple[lts.LTSState, list[dict[str, Any]]]:
-    """Runs one method with run.run_search (resumable) and saves its best MTM's params."""
+    """Runs one method with experiment.run_search (resumable) and saves its best MTM's params."""
     del name
-    state, history = run.run_search(
+    state, history = experiment.run_search(
         step,
         state,
         key,
@@ -534,7 +526,7 @@ def run_methods(
             f"(iteration {row['best_iteration']}), test car IoU {row.get('test_car_iou', float('nan')):.3f}"
         )
         if partial_path is not None:
-            run.write_json(partial_path, {**metric_tables(outcome.rows), "timing": outcome.timing})
+            experiment.write_json(partial_path, {**metric_tables(outcome.rows), "timing": outcome.timing})
     return outcome
 
 

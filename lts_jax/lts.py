@@ -206,8 +206,7 @@ class _Phases:
         val = self.evaluate_all(mtms, val_data)
         rewards = val["reward"]
         metrics = {"rewards": rewards, **_mean_metrics("val_", val)}
-        if hasattr(task, "train_metrics"):
-            metrics.update(_mean_metrics("train_", jax.vmap(task.train_metrics)(mtms)))
+        metrics.update(_mean_metrics("train_", jax.vmap(task.train_metrics)(mtms)))
         new = state.replace(iteration=state.iteration + 1)
         if config.retain_mtm:
             # The AMTM sees every candidate's data of this iteration.

@@ -26,9 +26,10 @@ Measured (benchmarks/README.md, "MTM throughput"; counting CNN, 96x320, batch
 0.65-0.7x of map and loop, which are within noise of each other (map compiles
 once for any K, loop compiles K copies).
 
-What a task can declare (class or instance attributes; each a strategy name,
-a dict by phase ``{"train": ..., "evaluate": ...}``, or a dict by backend
-family ``{"cpu": ..., "gpu": ..., "tpu": ...}`` of either):
+What a task declares (:class:`lts_jax.tasks.Task`; None by default in
+:class:`lts_jax.tasks.TaskBase`; otherwise a strategy name, a dict by phase
+``{"train": ..., "evaluate": ...}``, or a dict by backend family
+``{"cpu": ..., "gpu": ..., "tpu": ...}`` of either):
 
 - ``required_strategy``: the only strategy the task runs correctly or sensibly
   with; it replaces whatever the caller asked for. A host-backed task
@@ -47,11 +48,13 @@ family ``{"cpu": ..., "gpu": ..., "tpu": ...}`` of either):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from lts_jax.tasks.base import StrategyDeclaration, Task
 
 STRATEGIES = ("auto", "vmap", "map", "loop")
 PHASES = ("train", "evaluate")
@@ -78,24 +81,24 @@ def _check(strategy: str) -> str:
     return strategy
 
 
-def _task_attr(task: Any, name: str, phase: str, backend: str | None) -> str | None:
+def _declared(value: StrategyDeclaration, phase: str, backend: str | None) -> str | None:
+    """The strategy a task's declaration names for ``phase`` on ``backend``, or None."""
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; choose one of {PHASES}")
-    value = getattr(task, name, None)
-    if isinstance(value, dict) and value.keys() <= set(AUTO):
+    if isinstance(value, Mapping) and value.keys() <= set(AUTO):
         value = value.get(_backend_family(backend))
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         value = value.get(phase)
     return None if value is None else _check(value)
 
 
-def strategy_for(task: Any, strategy: str = "auto", phase: str = "train", backend: str | None = None) -> str:
-    """The concrete strategy for ``task`` in ``phase``: its ``required_strategy`` if it has one, else
+def strategy_for(task: Task, strategy: str = "auto", phase: str = "train", backend: str | None = None) -> str:
+    """The concrete strategy for ``task`` in ``phase``: its ``required_strategy`` if it declares one, else
     ``strategy`` with ``auto`` resolved through the task's ``preferred_strategy`` and :data:`AUTO`."""
-    required = _task_attr(task, "required_strategy", phase, backend)
+    required = _declared(task.required_strategy, phase, backend)
     if required is not None:
         return resolve(required, backend, phase=phase)
-    return resolve(strategy, backend, phase=phase, preferred=_task_attr(task, "preferred_strategy", phase, backend))
+    return resolve(strategy, backend, phase=phase, preferred=_declared(task.preferred_strategy, phase, backend))
 
 
 def resolve(strategy: str, backend: str | None = None, *, phase: str = "train", preferred: str | None = None) -> str:
@@ -170,7 +173,7 @@ def run_candidates(
 
 
 def train_candidates(
-    task: Any,
+    task: Task,
     states: Any,
     data: Any,
     keys: jax.Array,
@@ -196,7 +199,7 @@ def train_candidates(
     )
 
 
-def evaluate_candidates(task: Any, states: Any, data: Any, strategy: str = "auto", *, shared_data: bool = True) -> Any:
+def evaluate_candidates(task: Task, states: Any, data: Any, strategy: str = "auto", *, shared_data: bool = True) -> Any:
     """Evaluates K models: ``task.evaluate(states[k], data)`` (one shared data set unless ``shared_data=False``,
     then data[k]). Returns the metrics dict with a leading axis K on every entry."""
     return run_candidates(

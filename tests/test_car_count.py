@@ -19,6 +19,7 @@ from experiments import car_count_sweep, traffic_common
 from lts_jax import lts
 from lts_jax.params import ParamSpec, bernoulli, categorical
 from lts_jax.search import policy
+from lts_jax.tasks import TaskBase
 from lts_jax.tasks.counting import CountingTask, l1_per_type
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,9 +97,11 @@ class BoxesSimulator:
         return self.render(self.sample_scenes(key, psi, num))
 
 
-class LinearCountTask:
+class LinearCountTask(TaskBase):
     """Counts as a linear function of the image's mean colour, fitted by a few gradient steps on L1; cheap to
     compile, so the test is about the step's orchestration, not the CNN."""
+
+    data_keys = ("image", "counts")
 
     def init(self, key):
         return {"w": 0.01 * jax.random.normal(key, (4, 5))}

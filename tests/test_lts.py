@@ -11,34 +11,8 @@ from lts_jax.tasks.svm import SVMTask
 from simulators import gmm
 
 
-class LogisticTask:
-    """A tiny pure-JAX task: logistic regression on 2-D points, full-batch GD."""
-
-    def init(self, key):
-        return {"w": 0.01 * jax.random.normal(key, (3,))}
-
-    def train(self, state, data, key, epochs):
-        x = jnp.concatenate([data["x"], jnp.ones((data["x"].shape[0], 1))], 1)
-        y = data["y"].astype(jnp.float32)
-
-        def loss(w):
-            return jnp.mean(jax.nn.softplus(x @ w) - y * (x @ w))
-
-        def body(w, _):
-            return w - 0.5 * jax.grad(loss)(w), None
-
-        w, _ = jax.lax.scan(body, state["w"], None, length=5 * epochs)
-        return {"w": w}
-
-    def evaluate(self, state, data):
-        x = jnp.concatenate([data["x"], jnp.ones((data["x"].shape[0], 1))], 1)
-        acc = jnp.mean(((x @ state["w"]) > 0) == (data["y"] == 1))
-        return {"reward": acc, "accuracy": acc}
-
-
-def setup(strategy="loop", **cfg):
+def setup(task, strategy="loop", **cfg):
     sim = gmm.GMMSimulator(1)
-    task = LogisticTask()
     pol = policy.GaussianPolicy(sim.spec, learning_rate=0.1)
     config = lts.LTSConfig(num_candidates=4, dataset_size=32, train_strategy=strategy, **cfg)
     val = jax.tree_util.tree_map(jnp.asarray, gmm.sample_real(1, 64))
@@ -47,8 +21,8 @@ def setup(strategy="loop", **cfg):
     return step, state, val
 
 
-def test_step_shapes_and_metrics():
-    step, state, val = setup()
+def test_step_shapes_and_metrics(logistic_task):
+    step, state, val = setup(logistic_task)
     state, m = step(state, jax.random.key(1), val)
     assert m["rewards"].shape == (4,) and m["psi"].shape == (4, 8) and m["center"].shape == (8,)
     assert int(state.iteration) == 1
@@ -57,9 +31,9 @@ def test_step_shapes_and_metrics():
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "map"])
-def test_strategies_equal_loop(strategy):
-    step_l, s_l, val = setup("loop")
-    step_s, s_s, _ = setup(strategy)
+def test_strategies_equal_loop(logistic_task, strategy):
+    step_l, s_l, val = setup(logistic_task, "loop")
+    step_s, s_s, _ = setup(logistic_task, strategy)
     for i in range(3):
         s_l, m_l = step_l(s_l, jax.random.key(i), val)
         s_s, m_s = step_s(s_s, jax.random.key(i), val)
@@ -67,10 +41,10 @@ def test_strategies_equal_loop(strategy):
     np.testing.assert_allclose(s_l.search.params["mean"], s_s.search.params["mean"], rtol=1e-5, atol=1e-6)
 
 
-def test_vmapped_candidates_equal_a_loop_over_candidates():
+def test_vmapped_candidates_equal_a_loop_over_candidates(logistic_task):
     """The K candidates of one step equal K separate single-candidate computations."""
     sim = gmm.GMMSimulator(1)
-    task = LogisticTask()
+    task = logistic_task
     pol = search.FixedSearch(sim.spec)
     val = jax.tree_util.tree_map(jnp.asarray, gmm.sample_real(1, 64))
     config = lts.LTSConfig(num_candidates=3, dataset_size=16, train_strategy="vmap")
@@ -85,8 +59,8 @@ def test_vmapped_candidates_equal_a_loop_over_candidates():
         assert float(task.evaluate(mtm, val)["reward"]) == pytest.approx(float(m["rewards"][i]), abs=1e-6)
 
 
-def test_retain_mtm_and_keep_best():
-    step, state, val = setup(retain_mtm=True, keep_best_mtm=True)
+def test_retain_mtm_and_keep_best(logistic_task):
+    step, state, val = setup(logistic_task, retain_mtm=True, keep_best_mtm=True)
     test = jax.tree_util.tree_map(jnp.asarray, gmm.sample_real(2, 64))
     rewards = []
     for i in range(3):
@@ -96,11 +70,11 @@ def test_retain_mtm_and_keep_best():
     assert float(state.best_mtm_reward) == pytest.approx(np.max(rewards))
     assert int(state.best_mtm_iteration) == int(np.argmax([r.max() for r in rewards]))
     # the kept model really scores its recorded reward
-    assert float(LogisticTask().evaluate(state.best_mtm, val)["reward"]) == pytest.approx(float(state.best_mtm_reward))
+    assert float(logistic_task.evaluate(state.best_mtm, val)["reward"]) == pytest.approx(float(state.best_mtm_reward))
 
 
-def test_resume_continues_exactly():
-    step, s0, val = setup()
+def test_resume_continues_exactly(logistic_task):
+    step, s0, val = setup(logistic_task)
     base = jax.random.key(9)
     full = lts.run_loop(step, s0, base, 6, val)
     half = lts.run_loop(step, s0, base, 3, val)
@@ -108,8 +82,8 @@ def test_resume_continues_exactly():
     np.testing.assert_array_equal(full.search.params["mean"], resumed.search.params["mean"])
 
 
-def test_non_finite_reward_names_the_iteration():
-    class NaNTask(LogisticTask):
+def test_non_finite_reward_names_the_iteration(logistic_task):
+    class NaNTask(type(logistic_task)):
         def evaluate(self, state, data):
             out = super().evaluate(state, data)
             return {**out, "reward": out["reward"] * jnp.nan}
@@ -164,9 +138,9 @@ class TwoStageGMM:
         return flat
 
 
-def test_split_step_equals_fused_step():
+def test_split_step_equals_fused_step(logistic_task):
     source = TwoStageGMM()
-    task = LogisticTask()
+    task = logistic_task
     pol = policy.GaussianPolicy(source.spec, learning_rate=0.1)
     config = lts.LTSConfig(
         num_candidates=3, dataset_size=16, retain_mtm=True, keep_best_mtm=True, common_train_key=True

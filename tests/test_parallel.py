@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lts_jax import parallel
+from lts_jax.tasks import TaskBase
 from lts_jax.tasks.counting import CountingTask
 
 K, M, H, W = 4, 12, 8, 8
@@ -33,7 +34,7 @@ def _setup(compute_dtype):
     return task, data, val
 
 
-class CountingTraces:
+class CountingTraces(TaskBase):
     """Wraps a task's train so that every trace is counted (a jit cache hit does not trace)."""
 
     def __init__(self, task):
@@ -138,7 +139,7 @@ def test_resolve():
     assert parallel.resolve("auto") == parallel.resolve("auto", jax.default_backend())
 
 
-class _Declares:
+class _Declares(TaskBase):
     def __init__(self, **attrs):
         self.__dict__.update(attrs)
 
@@ -151,7 +152,7 @@ def test_task_declarations():
     assert parallel.strategy_for(picky, "auto", "train") == "map"
     assert parallel.strategy_for(picky, "loop", "train") == "loop"
     assert parallel.strategy_for(picky, "auto", "evaluate", backend="cpu") == parallel.AUTO["cpu"]["evaluate"]
-    assert parallel.strategy_for(object(), "auto", "train", backend="gpu") == parallel.AUTO["gpu"]["train"]
+    assert parallel.strategy_for(TaskBase(), "auto", "train", backend="gpu") == parallel.AUTO["gpu"]["train"]
     convs = _Declares(preferred_strategy={"gpu": {"train": "loop"}, "cpu": "map"})
     assert parallel.strategy_for(convs, "auto", "train", backend="cuda") == "loop"
     assert parallel.strategy_for(convs, "auto", "evaluate", backend="gpu") == parallel.AUTO["gpu"]["evaluate"]
@@ -163,7 +164,7 @@ def test_required_vmap_reaches_the_function_once():
     """A host-backed task sees all K candidates in one call: its train is traced once even if loop is asked."""
     calls = []
 
-    class HostLike:
+    class HostLike(TaskBase):
         required_strategy = "vmap"
 
         def train(self, state, data, key, epochs):

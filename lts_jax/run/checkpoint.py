@@ -34,8 +34,6 @@ import jax
 import numpy as np
 from absl import logging
 
-from lts_jax.run.errors import RunError
-
 CORRUPT_SUFFIX = "_corrupt"
 
 
@@ -52,7 +50,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class CheckpointError(RunError, RuntimeError):
+class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or no checkpoint can be restored; the message names the path."""
 
 
@@ -234,10 +232,8 @@ class Checkpointer:
         if failures:
             listing = "; ".join(str(e) for _, e in failures)
             raise CheckpointError(
-                lambda p: (
-                    f"no checkpoint in {self.directory} can be restored ({listing}). Remove or repair "
-                    f"them, or start over ({p('overwrite', True)})"
-                )
+                f"no checkpoint in {self.directory} can be restored ({listing}). Remove or repair them, "
+                "or start over (--overwrite)"
             )
         return None
 

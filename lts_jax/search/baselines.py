@@ -1,72 +1,17 @@
-"""Search strategies behind one init / ask / tell protocol.
+"""The paper's baselines: a fixed psi, fresh random psi each iteration, greedy local random search.
 
-A search strategy proposes simulator parameters and learns from their rewards:
-
-    state = strategy.init(key, psi0)               # psi0: [dim], the initial point
-    psi = strategy.ask(key, state, num)            # psi: [num, dim]
-    state, metrics = strategy.tell(state, psi, rewards)   # rewards: [num]
-    strategy.center(state)                         # [dim]: the strategy's current answer
-
-All methods are pure and jittable; static configuration lives on the strategy
-object. Every state tracks the best candidate seen (``best_psi``,
-``best_reward``), so "keep the best by validation reward" is uniform across
-strategies.
-
-This module holds the paper's baselines; the REINFORCE policy is in
-:mod:`lts_jax.search.policy`.
+Each is a :class:`lts_jax.search.base.StrategyBase` (best tracking and reward metrics live there); the
+REINFORCE policy is in :mod:`lts_jax.search.policy`.
 """
 
 from __future__ import annotations
-
-from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from lts_jax.params import ParamSpec
-
-
-class SearchStrategy(Protocol):
-    spec: ParamSpec
-
-    def init(self, key: jax.Array, psi0: jax.Array) -> Any: ...
-
-    def ask(self, key: jax.Array, state: Any, num: int) -> jax.Array: ...
-
-    def tell(self, state: Any, psi: jax.Array, rewards: jax.Array) -> tuple[Any, dict[str, jax.Array]]: ...
-
-    def center(self, state: Any) -> jax.Array: ...
-
-
-@struct.dataclass
-class Best:
-    """The best candidate seen so far."""
-
-    psi: jax.Array  # [dim]
-    reward: jax.Array  # [] (-inf before the first tell)
-
-    @classmethod
-    def empty(cls, dim: int) -> Best:
-        return cls(psi=jnp.zeros((dim,), jnp.float32), reward=jnp.array(-jnp.inf, jnp.float32))
-
-    def update(self, psi: jax.Array, rewards: jax.Array) -> Best:
-        i = jnp.argmax(rewards)
-        better = rewards[i] > self.reward
-        return Best(
-            psi=jnp.where(better, psi[i], self.psi),
-            reward=jnp.where(better, rewards[i], self.reward),
-        )
-
-
-def reward_metrics(rewards: jax.Array, best: Best) -> dict[str, jax.Array]:
-    return {
-        "reward_mean": jnp.mean(rewards),
-        "reward_max": jnp.max(rewards),
-        "reward_min": jnp.min(rewards),
-        "reward_std": jnp.std(rewards),
-        "best_reward": best.reward,
-    }
+from lts_jax.search.base import Best, StrategyBase
 
 
 @struct.dataclass
@@ -75,25 +20,18 @@ class FixedState:
     best: Best
 
 
-class FixedSearch:
+class FixedSearch(StrategyBase):
     """Always proposes the same psi (e.g. the validation set's own parameters)."""
 
     name = "fixed"
 
-    def __init__(self, spec: ParamSpec):
-        self.spec = spec
-
-    def init(self, key: jax.Array, psi0: jax.Array) -> FixedState:
+    def _init(self, key: jax.Array, psi0: jax.Array) -> FixedState:
         del key
-        return FixedState(psi=jnp.asarray(psi0, jnp.float32), best=Best.empty(self.spec.dim))
+        return FixedState(psi=psi0, best=Best.empty(self.spec.dim))
 
     def ask(self, key: jax.Array, state: FixedState, num: int) -> jax.Array:
         del key
         return jnp.broadcast_to(state.psi, (num, self.spec.dim))
-
-    def tell(self, state: FixedState, psi: jax.Array, rewards: jax.Array):
-        best = state.best.update(psi, rewards)
-        return state.replace(best=best), reward_metrics(rewards, best)
 
     def center(self, state: FixedState) -> jax.Array:
         return state.psi
@@ -105,7 +43,7 @@ class RandomState:
     best: Best
 
 
-class RandomParams:
+class RandomParams(StrategyBase):
     """Fresh psi every iteration, uniform in the spec's documented box (``spec.box()``).
 
     Frozen blocks keep their initial values. The answer (:meth:`center`) is the
@@ -114,19 +52,12 @@ class RandomParams:
 
     name = "random_params"
 
-    def __init__(self, spec: ParamSpec):
-        self.spec = spec
-
-    def init(self, key: jax.Array, psi0: jax.Array) -> RandomState:
+    def _init(self, key: jax.Array, psi0: jax.Array) -> RandomState:
         del key
-        return RandomState(psi0=jnp.asarray(psi0, jnp.float32), best=Best.empty(self.spec.dim))
+        return RandomState(psi0=psi0, best=Best.empty(self.spec.dim))
 
     def ask(self, key: jax.Array, state: RandomState, num: int) -> jax.Array:
         return self.spec.random(key, (num,), base=state.psi0)
-
-    def tell(self, state: RandomState, psi: jax.Array, rewards: jax.Array):
-        best = state.best.update(psi, rewards)
-        return state.replace(best=best), reward_metrics(rewards, best)
 
     def center(self, state: RandomState) -> jax.Array:
         return jnp.where(jnp.isfinite(state.best.reward), state.best.psi, state.psi0)
@@ -138,7 +69,7 @@ class RandomSearchState:
     best: Best
 
 
-class RandomSearch:
+class RandomSearch(StrategyBase):
     """Greedy local random search: perturb the incumbent, keep the best.
 
     Each iteration proposes ``psi_k = incumbent + sqrt(variance) * eps_k`` on the
@@ -153,20 +84,20 @@ class RandomSearch:
     def __init__(self, spec: ParamSpec, variance: float = 0.05):
         if variance <= 0:
             raise ValueError(f"variance must be > 0, got {variance}")
-        self.spec = spec
+        super().__init__(spec)
         self.variance = float(variance)
 
-    def init(self, key: jax.Array, psi0: jax.Array) -> RandomSearchState:
+    def _init(self, key: jax.Array, psi0: jax.Array) -> RandomSearchState:
         del key
-        return RandomSearchState(current=jnp.asarray(psi0, jnp.float32), best=Best.empty(self.spec.dim))
+        return RandomSearchState(current=psi0, best=Best.empty(self.spec.dim))
 
     def ask(self, key: jax.Array, state: RandomSearchState, num: int) -> jax.Array:
         eps = jax.random.normal(key, (num, self.spec.dim))
         return state.current + (self.variance**0.5) * eps * self.spec.learnable_mask()
 
-    def tell(self, state: RandomSearchState, psi: jax.Array, rewards: jax.Array):
-        best = state.best.update(psi, rewards)
-        return RandomSearchState(current=best.psi, best=best), reward_metrics(rewards, best)
+    def _tell(self, state: RandomSearchState, psi: jax.Array, rewards: jax.Array):
+        # The incumbent is the best psi seen, which the base has just updated.
+        return state.replace(current=state.best.psi), {}
 
     def center(self, state: RandomSearchState) -> jax.Array:
         return state.current

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from lts_jax.optim import make_optimizer
 from lts_jax.params import ParamSpec
-from lts_jax.search.baselines import Best, reward_metrics
+from lts_jax.search.base import Best, StrategyBase
 
 
 @struct.dataclass
@@ -46,29 +47,14 @@ def gaussian_log_prob(psi: jax.Array, mean: jax.Array, log_std: jax.Array, mask:
     return jnp.sum(per_dim * mask, axis=-1)
 
 
-def make_optimizer(name: str, learning_rate: float, grad_clip: float | None = None) -> optax.GradientTransformation:
-    """An optax optimiser by name (adam, sgd, rmsprop), with optional global-norm clipping."""
-    makers = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
-    if name not in makers:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(makers)}")
-    if not learning_rate > 0:
-        raise ValueError(f"learning rate must be > 0, got {learning_rate}")
-    opt = makers[name](learning_rate)
-    if grad_clip is not None:
-        if not grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0, got {grad_clip}")
-        opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
-    return opt
-
-
-class GaussianPolicy:
+class GaussianPolicy(StrategyBase):
     """REINFORCE over a diagonal Gaussian policy (init / ask / tell).
 
     Args:
       spec: the simulator's ParamSpec (frozen blocks are masked out).
       variance: sigma^2 of the policy (initial value if ``learn_variance``).
       learn_variance: also learn log sigma (per dimension).
-      learning_rate, optimizer, grad_clip: the optax update of omega.
+      learning_rate, optimizer, grad_clip: the optax update of omega (:func:`lts_jax.optim.make_optimizer`).
       baseline_decay: EMA decay of the reward baseline, in [0, 1).
     """
 
@@ -89,7 +75,7 @@ class GaussianPolicy:
             raise ValueError(f"policy variance must be > 0, got {variance}")
         if not 0.0 <= baseline_decay < 1.0:
             raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
-        self.spec = spec
+        super().__init__(spec)
         self.variance = float(variance)
         self.learn_variance = bool(learn_variance)
         self.baseline_decay = float(baseline_decay)
@@ -99,9 +85,9 @@ class GaussianPolicy:
     def _trainable(self, params: dict) -> dict:
         return params if self.learn_variance else {"mean": params["mean"]}
 
-    def init(self, key: jax.Array, psi0: jax.Array) -> PolicyState:
+    def _init(self, key: jax.Array, psi0: jax.Array) -> PolicyState:
         del key
-        mean = jnp.asarray(psi0, jnp.float32)
+        mean = psi0
         log_std = jnp.full((self.spec.dim,), 0.5 * math.log(self.variance), jnp.float32)
         params = {"mean": mean, "log_std": log_std}
         return PolicyState(
@@ -121,8 +107,7 @@ class GaussianPolicy:
         """log pi(psi) over the learnable entries; psi: [..., dim] -> [...]."""
         return gaussian_log_prob(psi, state.params["mean"], state.params["log_std"], self.mask)
 
-    def tell(self, state: PolicyState, psi: jax.Array, rewards: jax.Array):
-        rewards = rewards.astype(jnp.float32)
+    def _tell(self, state: PolicyState, psi: jax.Array, rewards: jax.Array):
         batch_mean = jnp.mean(rewards)
         baseline = jnp.where(state.num_tells == 0, batch_mean, state.baseline)
         advantages = jax.lax.stop_gradient(rewards - baseline)
@@ -138,20 +123,14 @@ class GaussianPolicy:
         updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
         new_params = {**state.params, **optax.apply_updates(trainable, updates)}
         new_baseline = self.baseline_decay * baseline + (1.0 - self.baseline_decay) * batch_mean
-        best = state.best.update(psi, rewards)
         metrics = {
-            **reward_metrics(rewards, best),
             "baseline": baseline,
             "advantage_abs_mean": jnp.mean(jnp.abs(advantages)),
             "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads))),
             "policy_std_mean": jnp.sum(jnp.exp(new_params["log_std"]) * self.mask) / jnp.maximum(self.mask.sum(), 1),
         }
-        new_state = PolicyState(
-            params=new_params,
-            opt_state=opt_state,
-            baseline=new_baseline,
-            num_tells=state.num_tells + 1,
-            best=best,
+        new_state = state.replace(
+            params=new_params, opt_state=opt_state, baseline=new_baseline, num_tells=state.num_tells + 1
         )
         return new_state, metrics
 

@@ -7,7 +7,7 @@ the negative validation L1. The training loss is the same L1 by default
 (``loss="mse"`` or ``"huber"`` train on another loss; the metric stays L1).
 
 Data: ``{"image": uint8 [N, H, W, 3], "counts": int [N, num_types], ...}``
-(other keys are ignored), as the traffic simulator returns.
+(``CountingTask.data_keys``; other keys are ignored), as the traffic simulator returns.
 
 All methods are pure and jittable; ``epochs`` is static. Everything about the
 shape of the computation (image size, batch size, dtype, layer widths) is static
@@ -22,21 +22,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from lts_jax.models.counting import CONVS, CountingCNN, to_patch_order, train_flops_per_image
-from lts_jax.search.policy import make_optimizer
+from lts_jax.optim import make_optimizer
+from lts_jax.tasks import trainer
+from lts_jax.tasks.base import TaskBase
+from lts_jax.tasks.trainer import TrainState
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 LOSSES = ("l1", "mse", "huber")
-
-
-@struct.dataclass
-class CountingState:
-    params: Any  # float32 pytree (master weights, also under bfloat16 compute)
-    opt_state: optax.OptState  # float32
-    step: jax.Array  # [] int32, optimizer steps taken
-    loss: jax.Array  # [] float32, mean training loss over the last epoch (NaN before any training)
 
 
 def l1_per_type(pred: jax.Array, counts: jax.Array, weights: jax.Array | None = None) -> jax.Array:
@@ -56,15 +50,17 @@ def per_type_mean(per: jax.Array, weights: jax.Array | None = None) -> jax.Array
     return jnp.sum(per * w[:, None], axis=0) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-class CountingTask:
+class CountingTask(TaskBase):
     """Counting CNN trained with L1 loss on minibatches; reward = -L1 on the evaluation data.
+
+    The train state is a :class:`lts_jax.tasks.trainer.TrainState`.
 
     Args:
       height, width: image size (static; the simulator's).
       batch_size: the largest training minibatch. An epoch takes
         ceil(M / batch_size) steps with the M examples spread evenly over them
-        (:meth:`batching`); where they do not divide evenly the short batches are
-        padded and masked, so every example counts once per epoch.
+        (:func:`lts_jax.tasks.trainer.batching`); where they do not divide evenly the
+        short batches are padded and masked, so every example counts once per epoch.
       learning_rate, optimizer, grad_clip: the optax optimiser (adam, sgd, rmsprop).
       compute_dtype: "float32" or "bfloat16". bfloat16 computes activations and
         matrix products in bf16 while parameters, gradients and optimizer state
@@ -78,6 +74,8 @@ class CountingTask:
       unroll: minibatch steps per iteration of the training scan (``lax.scan``'s
         ``unroll``); a speed knob, results are identical.
     """
+
+    data_keys = ("image", "counts")
 
     def __init__(
         self,
@@ -145,7 +143,7 @@ class CountingTask:
         """Predicted counts [N, num_types] float32 from prepared inputs."""
         return self.model.apply({"params": params}, inputs)
 
-    def predict(self, state: CountingState, images: jax.Array) -> jax.Array:
+    def predict(self, state: TrainState, images: jax.Array) -> jax.Array:
         """Predicted counts [N, num_types] float32 from images [N, H, W, 3] uint8."""
         return self.apply(state.params, self.prepare(images))
 
@@ -158,15 +156,9 @@ class CountingTask:
 
     # -- Task protocol -------------------------------------------------------------------------
 
-    def init(self, key: jax.Array) -> CountingState:
+    def init(self, key: jax.Array) -> TrainState:
         dummy = self.prepare(jnp.zeros((1, self.height, self.width, 3), jnp.uint8))
-        params = self.model.init(key, dummy)["params"]
-        return CountingState(
-            params=params,
-            opt_state=self.optimizer.init(params),
-            step=jnp.zeros((), jnp.int32),
-            loss=jnp.full((), jnp.nan, jnp.float32),
-        )
+        return TrainState.create(self.model.init(key, dummy)["params"], self.optimizer)
 
     def loss_fn(self, params: Any, inputs: jax.Array, counts: jax.Array, weights: jax.Array) -> jax.Array:
         """Weighted mean over examples of the type-averaged training loss; inputs prepared, weights [B]."""
@@ -174,51 +166,27 @@ class CountingTask:
         per = {"l1": jnp.abs, "mse": jnp.square, "huber": lambda e: optax.huber_loss(e, delta=1.0)}[self.loss](err)
         return jnp.mean(per_type_mean(per, weights))
 
-    def train_step(self, state: CountingState, inputs: jax.Array, counts: jax.Array, weights: jax.Array):
-        """One optimizer step on a prepared minibatch; returns (state, loss)."""
-        loss, grads = jax.value_and_grad(self.loss_fn)(state.params, inputs, counts, weights)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), loss
+    def train_step(self, state: TrainState, inputs: jax.Array, counts: jax.Array, weights: jax.Array):
+        """One optimizer step on a prepared minibatch (inputs [B, ...], counts [B, T], weights [B]);
+        returns (state, loss)."""
+        return trainer.gradient_step(self.optimizer, self.loss_fn, state, inputs, counts, weights)
 
-    def batching(self, num: int) -> tuple[int, int]:
-        """(steps per epoch, examples per step) for a data set of ``num`` examples.
-
-        steps = ceil(num / batch_size); the examples are spread evenly over them
-        (M = 100, batch 32: 4 steps of 25, not 3 of 32 and one of 4 padded to 32),
-        which keeps the optimizer steps per epoch and avoids computing padding.
-        """
-        steps = -(-num // self.batch_size)
-        return steps, -(-num // steps)
-
-    def schedule(self, key: jax.Array, num: int, epochs: int) -> tuple[jax.Array, jax.Array]:
-        """Shuffled minibatch indices [epochs * steps, B] and weights [epochs * steps, B] (0 = padding)."""
-        steps, b = self.batching(num)
-        perms = jax.vmap(lambda k: jax.random.permutation(k, num))(jax.random.split(key, epochs))
-        pad = steps * b - num
-        idx = jnp.pad(perms, ((0, 0), (0, pad))).reshape(epochs * steps, b)
-        valid = jnp.arange(steps * b) < num
-        weights = jnp.tile(valid.reshape(steps, b), (epochs, 1)).astype(jnp.float32)
-        return idx.astype(jnp.int32), weights
-
-    def train(self, state: CountingState, data: dict[str, jax.Array], key: jax.Array, epochs: int) -> CountingState:
-        """``epochs`` (static) passes over ``data`` in shuffled minibatches; one ``lax.scan``."""
-        if epochs < 1:
-            return state
+    def train(self, state: TrainState, data: dict[str, jax.Array], key: jax.Array, epochs: int) -> TrainState:
+        """``epochs`` (static) passes over ``data`` in shuffled minibatches; one ``lax.scan``
+        (:func:`lts_jax.tasks.trainer.train_epochs`; ``train_loss``: the last epoch's mean loss)."""
         inputs = self.prepare(data["image"])
         counts = data["counts"]
-        num = inputs.shape[0]
-        idx, weights = self.schedule(key, num, epochs)
-        steps_per_epoch = idx.shape[0] // epochs
+        return trainer.train_epochs(
+            lambda st, i, w: self.train_step(st, inputs[i], counts[i], w),
+            state,
+            key,
+            inputs.shape[0],
+            epochs,
+            self.batch_size,
+            unroll=self.unroll,
+        )
 
-        def body(st, xs):
-            i, w = xs
-            return self.train_step(st, inputs[i], counts[i], w)
-
-        state, losses = jax.lax.scan(body, state, (idx, weights), unroll=self.unroll)
-        return state.replace(loss=jnp.mean(losses[-steps_per_epoch:]))
-
-    def evaluate(self, state: CountingState, data: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    def evaluate(self, state: TrainState, data: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """{"reward": -l1 [], "l1": [], "l1_per_type": [num_types]} over all of ``data``.
 
         A scan over chunks of ``eval_batch_size`` examples; the last chunk is padded and masked.

@@ -42,10 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
 
 from lts_jax.models.segmentation import MODELS, make_model
-from lts_jax.search.policy import make_optimizer
+from lts_jax.optim import make_optimizer
+from lts_jax.tasks import trainer
+from lts_jax.tasks.base import TaskBase
+from lts_jax.tasks.trainer import TrainState
 
 CLASS_IDS = (7, 8, 11, 21, 22, 23, 26)
 CLASS_NAMES = ("road", "sidewalk", "building", "vegetation", "terrain", "sky", "car")
@@ -153,12 +155,16 @@ def car_iou(pred: jax.Array, label: jax.Array, void_as_other: bool = False) -> j
 
 
 def segmentation_loss(
-    logits: jax.Array, label: jax.Array, class_weights: jax.Array | None = None
+    logits: jax.Array,
+    label: jax.Array,
+    class_weights: jax.Array | None = None,
+    example_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Summed pixel cross-entropy and the (weighted) number of pixels it covers.
 
-    logits: float [..., C]; label: int [...] class indices (OTHER / IGNORE and
-    anything outside [0, C) are excluded). Returns (sum, count), float32 [] each.
+    logits: float [B, ..., C]; label: int [B, ...] class indices (OTHER / IGNORE and
+    anything outside [0, C) are excluded); class_weights: [C] or None; example_weights:
+    [B] or None (0 drops a padded example). Returns (sum, count), float32 [] each.
     """
     num_classes = logits.shape[-1]
     valid = (label >= 0) & (label < num_classes)
@@ -167,6 +173,8 @@ def segmentation_loss(
     w = valid.astype(jnp.float32)
     if class_weights is not None:
         w = w * class_weights[safe]
+    if example_weights is not None:
+        w = w * example_weights.astype(jnp.float32).reshape((-1,) + (1,) * (w.ndim - 1))
     return jnp.sum(ce * w), jnp.sum(w)
 
 
@@ -261,26 +269,20 @@ def load_params(path: str | os.PathLike, like: Any) -> Any:
 
 
 # ----- the task ----------------------------------------------------------------------------------
-@struct.dataclass
-class SegState:
-    """Training state of one segmentation MTM."""
-
-    params: Any
-    opt_state: Any
-    step: jax.Array  # int32 []: optimiser steps taken
-    train_loss: jax.Array  # float32 []: mean minibatch loss of the last epoch trained (nan before)
-
-
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
 
 
-class SegmentationTask:
+class SegmentationTask(TaskBase):
     """Semantic segmentation MTM: init / train / evaluate (the Task protocol).
+
+    The train state is a :class:`lts_jax.tasks.trainer.TrainState`.
 
     Args:
       model: one of :data:`lts_jax.models.segmentation.MODELS`.
       height, width: input size; ``data["image"]`` must be [N, height, width, 3].
-      batch_size: training minibatch (capped at the data set size).
+      batch_size: the largest training minibatch; an epoch takes ceil(N / batch_size) steps
+        with the N examples spread evenly over them (short batches padded and masked;
+        :func:`lts_jax.tasks.trainer.batching`).
       learning_rate, optimizer, grad_clip: optax update (adam, sgd, rmsprop).
       augment: random flip + colour jitter of training batches.
       jitter: colour jitter strength (see :func:`augment`).
@@ -300,6 +302,7 @@ class SegmentationTask:
     # convolutions (15x slower on an H100, benchmarks/README.md), and an unrolled loop compiles the
     # ResNet K times; map compiles once and runs within a few percent of the loop.
     preferred_strategy = "map"
+    data_keys = ("image", "label")
 
     def __init__(
         self,
@@ -348,9 +351,9 @@ class SegmentationTask:
         self.void_as_other = bool(void_as_other)
         self.model = make_model(model, NUM_CLASSES, dtype=compute_dtype, **(model_kwargs or {}))
         if isinstance(optimizer, str):
-            self.tx = make_optimizer(optimizer, learning_rate, grad_clip)
+            self.optimizer = make_optimizer(optimizer, learning_rate, grad_clip)
         else:
-            self.tx = optimizer
+            self.optimizer = optimizer
         self.init_checkpoint = None if init_checkpoint is None else os.fspath(init_checkpoint)
         self._init_params = None
         if self.init_checkpoint is not None:
@@ -368,7 +371,7 @@ class SegmentationTask:
         return jax.eval_shape(lambda k: self.model.init(k, self._dummy())["params"], jax.random.key(0))
 
     def _check(self, data: dict, what: str) -> tuple[jax.Array, jax.Array]:
-        for k in ("image", "label"):
+        for k in self.data_keys:
             if k not in data:
                 raise ValueError(f"{what}: data has no {k!r} entry (keys: {sorted(data)})")
         # jnp.asarray: NumPy inputs would otherwise be indexed by tracers inside the scans
@@ -393,70 +396,48 @@ class SegmentationTask:
         """Logits float32 [B, H, W, NUM_CLASSES] of uint8 (or [0, 1] float) images [B, H, W, 3]."""
         return self.model.apply({"params": params}, self._images(images))
 
-    def predict(self, state: SegState, images: jax.Array) -> jax.Array:
+    def predict(self, state: TrainState, images: jax.Array) -> jax.Array:
         """Predicted Cityscapes IDs, uint8 [B, H, W] (one forward pass over the batch)."""
         return index_to_id(jnp.argmax(self.apply(state.params, images), axis=-1))
 
     # ----- the Task protocol ---------------------------------------------------------------------
-    def init(self, key: jax.Array) -> SegState:
+    def init(self, key: jax.Array) -> TrainState:
         """A fresh state: random params (or the init checkpoint's) and a new optimiser state."""
         if self._init_params is not None:
             params = jax.tree_util.tree_map(jnp.asarray, self._init_params)
         else:
             params = self.model.init(key, self._dummy())["params"]
-        return SegState(
-            params=params,
-            opt_state=self.tx.init(params),
-            step=jnp.zeros((), jnp.int32),
-            train_loss=jnp.full((), jnp.nan, jnp.float32),
-        )
+        return TrainState.create(params, self.optimizer)
 
-    def train(self, state: SegState, data: dict, key: jax.Array, epochs: int) -> SegState:
+    def train(self, state: TrainState, data: dict, key: jax.Array, epochs: int) -> TrainState:
         """``epochs`` (static) passes over shuffled minibatches of ``data``, in one ``lax.scan``.
 
-        Each epoch visits ``N // B`` minibatches of ``B = min(batch_size, N)``
-        distinct examples (a new permutation per epoch; the remainder is dropped).
+        :func:`lts_jax.tasks.trainer.train_epochs` with a key per step for the augmentation: each
+        epoch a new permutation, every example once (short batches padded and masked).
         Pure: the same (state, data, key) give the same result.
         """
         images, labels = self._check(data, "train")
-        epochs = int(epochs)
-        if epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {epochs}")
-        if epochs == 0:
-            return state
-        n = images.shape[0]
-        bs = min(self.batch_size, n)
-        steps = n // bs
-        k_perm, k_aug = jax.random.split(key)
-        order = jax.vmap(lambda k: jax.random.permutation(k, n)[: steps * bs])(jax.random.split(k_perm, epochs))
-        order = order.reshape(epochs * steps, bs)
-        step_keys = jax.random.split(k_aug, epochs * steps)
         cw = None if self.class_weights is None else jnp.asarray(self.class_weights, jnp.float32)
 
-        def loss_fn(params, x, y):
-            total, count = segmentation_loss(self.model.apply({"params": params}, x), y, cw)
+        def loss_fn(params, x, y, w):
+            total, count = segmentation_loss(self.model.apply({"params": params}, x), y, cw, w)
             return total / jnp.maximum(count, 1e-6)
 
-        def body(st: SegState, xs):
-            idx, k = xs
+        def step(st: TrainState, idx: jax.Array, w: jax.Array, k: jax.Array):
             x = self._images(images[idx])
             y = labels[idx]
             if self.augment:
                 x, y = augment(k, x, y, self.jitter)
             y = label_to_index(y, self.void_as_other)
-            loss, grads = jax.value_and_grad(loss_fn)(st.params, x, y)
-            updates, opt_state = self.tx.update(grads, st.opt_state, st.params)
-            params = optax.apply_updates(st.params, updates)
-            return st.replace(params=params, opt_state=opt_state, step=st.step + 1), loss
+            return trainer.gradient_step(self.optimizer, loss_fn, st, x, y, w)
 
-        state, losses = jax.lax.scan(body, state, (order, step_keys))
-        return state.replace(train_loss=jnp.mean(losses[-steps:]))
+        return trainer.train_epochs(step, state, key, images.shape[0], epochs, self.batch_size, step_keys=True)
 
-    def train_metrics(self, state: SegState) -> dict[str, jax.Array]:
+    def train_metrics(self, state: TrainState) -> dict[str, jax.Array]:
         """Scalars of a trained state for the logs: ``{"loss": mean loss of the last epoch}``."""
         return {"loss": state.train_loss}
 
-    def evaluate(self, state: SegState, data: dict) -> dict[str, jax.Array]:
+    def evaluate(self, state: TrainState, data: dict) -> dict[str, jax.Array]:
         """Data-set-level metrics of the model on ``data`` (any N; chunks of ``eval_batch_size``).
 
         Returns float32 scalars ``reward`` (= ``car_iou``), ``car_iou``,

@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.svm import SVC
 
 from lts_jax.simulator import host_call
+from lts_jax.tasks.base import TaskBase
 
 
 def fit_svc(x: np.ndarray, y: np.ndarray, C: float = 1.0, gamma: float | str = "scale") -> SVC:
@@ -25,7 +26,7 @@ def fit_svc(x: np.ndarray, y: np.ndarray, C: float = 1.0, gamma: float | str = "
     return SVC(kernel="rbf", C=C, gamma=gamma).fit(np.asarray(x, np.float64), np.asarray(y))
 
 
-class SVMTask:
+class SVMTask(TaskBase):
     """RBF-SVM classification; reward = accuracy on the evaluation data.
 
     Args:
@@ -36,6 +37,7 @@ class SVMTask:
 
     # The bridge must see all K candidates at once.
     required_strategy = "vmap"
+    data_keys = ("x", "y")
 
     def __init__(self, train_size: int, C: float = 1.0, gamma: float | str = "scale", threads: int | None = None):
         if train_size < 2:

@@ -1,4 +1,4 @@
-"""The counting CNN and task: the patch formulation, the L1 metric, batching, mixed precision, learning."""
+"""The counting CNN and task: the patch formulation, the L1 metric, mixed precision, learning."""
 
 import jax
 import jax.numpy as jnp
@@ -146,22 +146,6 @@ def test_evaluate_chunks_and_masks_remainder():
     np.testing.assert_allclose(metrics["reward"], -per_type.mean(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("num, expected", [(100, (4, 25)), (20, (1, 20)), (64, (2, 32)), (101, (4, 26))])
-def test_batching(num, expected):
-    assert CountingTask(16, 16, batch_size=32, **TINY).batching(num) == expected
-
-
-def test_schedule_visits_every_example_once_per_epoch():
-    task = CountingTask(16, 16, batch_size=4, **TINY)
-    idx, weights = task.schedule(jax.random.key(0), 10, 3)  # 3 steps of 4 slots (2 padded) per epoch
-    assert idx.shape == weights.shape == (9, 4)
-    for epoch in range(3):
-        i = np.asarray(idx[3 * epoch : 3 * epoch + 3]).ravel()
-        w = np.asarray(weights[3 * epoch : 3 * epoch + 3]).ravel()
-        assert sorted(i[w > 0]) == list(range(10))
-    assert not np.array_equal(idx[:3], idx[3:6])  # reshuffled each epoch
-
-
 def test_bfloat16_keeps_float32_master_weights():
     rng = np.random.default_rng(4)
     data = _data(rng, 6, 16, 16)  # fewer examples than a batch: one step of 6 per epoch
@@ -172,7 +156,7 @@ def test_bfloat16_keeps_float32_master_weights():
     for leaf in jax.tree_util.tree_leaves((out16.params, out16.opt_state)):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
             assert leaf.dtype == jnp.float32
-    assert int(out16.step) == 2 and np.isfinite(float(out16.loss))
+    assert int(out16.step) == 2 and np.isfinite(float(out16.train_loss))
     # Same initial weights: bf16 predictions match float32 ones to bf16 precision.
     p32, p16 = jax.jit(f32.predict)(state, data["image"]), jax.jit(bf16.predict)(state, data["image"])
     assert p16.dtype == jnp.float32

@@ -115,6 +115,21 @@ def test_empty_union_is_one():
     assert float(seg.mean_iou(cm)) == 1.0
 
 
+def test_loss_example_weights_drop_padded_examples():
+    """The trainer pads short batches with weight-0 examples: they leave the loss and its pixel count unchanged."""
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.normal(size=(3, 4, 5, 7)), jnp.float32)
+    label = jnp.asarray(rng.choice([0, 3, 6, 7, 255], (3, 4, 5)))
+    cw = jnp.asarray(rng.uniform(0.5, 2.0, 7), jnp.float32)
+    total, count = seg.segmentation_loss(logits, label, cw, jnp.array([1.0, 0.0, 1.0]))
+    ref_total, ref_count = seg.segmentation_loss(logits[::2], label[::2], cw)
+    np.testing.assert_allclose(float(total), float(ref_total), rtol=1e-6)
+    assert float(count) == pytest.approx(float(ref_count))
+    # weights of one change nothing, bit for bit
+    ones = seg.segmentation_loss(logits, label, cw, jnp.ones(3))
+    assert [float(v) for v in ones] == [float(v) for v in seg.segmentation_loss(logits, label, cw)]
+
+
 # ----- the scan-friendly convolution -------------------------------------------------------------
 @pytest.mark.parametrize(
     "h, w, k, stride, dilation",
