@@ -34,6 +34,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from lts_jax.run.errors import RunError
+
 CORRUPT_SUFFIX = "_corrupt"
 
 
@@ -50,7 +52,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RunError, RuntimeError):
     """A checkpoint cannot be written or no checkpoint can be restored; the message names the path."""
 
 
@@ -232,8 +234,10 @@ class Checkpointer:
         if failures:
             listing = "; ".join(str(e) for _, e in failures)
             raise CheckpointError(
-                f"no checkpoint in {self.directory} can be restored ({listing}). Remove or repair them, "
-                "or start over (--overwrite)"
+                lambda p: (
+                    f"no checkpoint in {self.directory} can be restored ({listing}). Remove or repair "
+                    f"them, or start over ({p('overwrite', True)})"
+                )
             )
         return None
 

@@ -17,45 +17,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lts_jax import lts
-from lts_jax.run import checkpoint, experiment, tensorboard
+from experiments import common
+from lts_jax import lts, run
+from lts_jax.run import checkpoint, files, tensorboard
 from lts_jax.search import policy
 from simulators import gmm
+from tests.conftest import LogisticTask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 N = 6  # iterations of the reference run; checkpoints every 2
-
-
-class LogisticTask:
-    """A tiny pure-JAX task: logistic regression on 2-D points, full-batch gradient descent."""
-
-    def init(self, key):
-        return {"w": 0.01 * jax.random.normal(key, (3,))}
-
-    def train(self, state, data, key, epochs):
-        x = jnp.concatenate([data["x"], jnp.ones((data["x"].shape[0], 1))], 1)
-        y = data["y"].astype(jnp.float32)
-
-        def loss(w):
-            return jnp.mean(jax.nn.softplus(x @ w) - y * (x @ w))
-
-        def body(w, _):
-            return w - 0.5 * jax.grad(loss)(w), None
-
-        w, _ = jax.lax.scan(body, state["w"], None, length=3 * epochs)
-        return {"w": w}
-
-    def evaluate(self, state, data):
-        x = jnp.concatenate([data["x"], jnp.ones((data["x"].shape[0], 1))], 1)
-        acc = jnp.mean(((x @ state["w"]) > 0) == (data["y"] == 1))
-        return {"reward": acc, "accuracy": acc}
 
 
 @functools.cache
 def setup():
     """(step, initial state, val data, spec): LTS with AMTM and best-MTM, so the whole LTSState is exercised."""
     sim = gmm.GMMSimulator(1)
-    task = LogisticTask()
+    task = LogisticTask(steps_per_epoch=3)
     pol = policy.GaussianPolicy(sim.spec, learning_rate=0.1)
     config = lts.LTSConfig(
         num_candidates=4, dataset_size=32, train_strategy="loop", retain_mtm=True, keep_best_mtm=True
@@ -66,11 +43,11 @@ def setup():
     return step, state, val, sim.spec
 
 
-def run(workdir, num_iterations=N, **kw):
+def search_run(workdir, num_iterations=N, **kw):
     step, state, val, spec = setup()
     options = dict(progress=False, checkpoint_every=2, handle_signals=False, figures=False)
     options.update(kw)
-    return experiment.run_search(
+    return run.run_search(
         step, state, jax.random.key(9), num_iterations, val, workdir=Path(workdir), spec=spec, **options
     )
 
@@ -85,8 +62,8 @@ def assert_same_run(workdir, reference_dir, state, reference_state):
     assert ta == tb
     for a, b in zip(la, lb):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
-    assert rows(experiment.read_metrics(workdir)) == rows(experiment.read_metrics(reference_dir))
-    steps = [r["step"] for r in experiment.read_metrics(workdir)]
+    assert rows(run.read_metrics(workdir)) == rows(run.read_metrics(reference_dir))
+    steps = [r["step"] for r in run.read_metrics(workdir)]
     assert steps == list(range(len(steps)))
     ours, ref = tensorboard.read_scalars(workdir), tensorboard.read_scalars(reference_dir)
     assert set(ours) == set(ref)
@@ -98,7 +75,7 @@ def assert_same_run(workdir, reference_dir, state, reference_state):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("full")
-    state, history = run(workdir)
+    state, history = search_run(workdir)
     assert len(history) == N and checkpoint.list_steps(workdir / "checkpoints") == [2, 4, 6]
     return workdir, state
 
@@ -106,12 +83,12 @@ def reference(tmp_path_factory):
 def test_stop_then_resume_equals_uninterrupted(tmp_path, reference):
     ref_dir, ref_state = reference
     seen = []
-    with pytest.raises(experiment.Interrupted) as stop:
-        run(tmp_path, extra_hooks=[lambda i, s, m: seen.append(i)], should_stop=lambda: len(seen) >= 3)
+    with pytest.raises(run.Interrupted) as stop:
+        search_run(tmp_path, extra_hooks=[lambda i, s, m: seen.append(i)], should_stop=lambda: len(seen) >= 3)
     assert stop.value.iteration == 3 and stop.value.checkpoint == tmp_path / "checkpoints" / "3"
     assert checkpoint.list_steps(tmp_path / "checkpoints") == [2, 3]
-    assert len(experiment.read_metrics(tmp_path)) == 3
-    state, history = run(tmp_path)
+    assert len(run.read_metrics(tmp_path)) == 3
+    state, history = search_run(tmp_path)
     assert [r["step"] for r in history] == list(range(N))
     assert_same_run(tmp_path, ref_dir, state, ref_state)
 
@@ -124,13 +101,13 @@ def test_sigint_stops_after_the_iteration_with_a_checkpoint(tmp_path, reference,
         if i == 2:
             os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during iteration 2
 
-    with pytest.raises(experiment.Interrupted) as stop:
-        run(tmp_path, extra_hooks=[interrupt], handle_signals=True)
+    with pytest.raises(run.Interrupted) as stop:
+        search_run(tmp_path, extra_hooks=[interrupt], handle_signals=True)
     assert stop.value.signum == signal.SIGINT and stop.value.iteration == 3
     assert "SIGINT received" in capsys.readouterr().err
     assert checkpoint.list_steps(tmp_path / "checkpoints") == [2, 3]
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
-    state, _ = run(tmp_path)
+    state, _ = search_run(tmp_path)
     assert_same_run(tmp_path, ref_dir, state, ref_state)
 
 
@@ -141,7 +118,7 @@ def test_killed_between_checkpoints_resumes_exactly(tmp_path, reference):
     shutil.rmtree(tmp_path / "checkpoints" / "6")
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 6, "reward_m')
-    state, history = run(tmp_path)
+    state, history = search_run(tmp_path)
     assert len(history) == N
     assert_same_run(tmp_path, ref_dir, state, ref_state)
     assert len(tensorboard.event_files(tmp_path)) == 2  # one per session; the reader purges the repeats
@@ -155,7 +132,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference, caplog):
         if f.is_file():
             f.write_bytes(b"\x00garbage")
     with caplog.at_level("WARNING"):
-        state, _ = run(tmp_path)
+        state, _ = search_run(tmp_path)
     text = caplog.text
     assert str(tmp_path / "checkpoints" / "4") in text and "falling back" in text
     assert (tmp_path / "checkpoints_corrupt" / "4").is_dir()
@@ -164,11 +141,11 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, reference, caplog):
 
 def test_extend_a_finished_run(tmp_path, reference):
     ref_dir, ref_state = reference
-    run(tmp_path, num_iterations=4)
-    experiment.write_json(tmp_path / "results.json", {"experiment": "test"})
-    with pytest.raises(experiment.RunComplete):
-        run(tmp_path, num_iterations=4)
-    state, _ = run(tmp_path, num_iterations=N)
+    search_run(tmp_path, num_iterations=4)
+    run.write_json(tmp_path / "results.json", {"experiment": "test"})
+    with pytest.raises(run.RunComplete):
+        search_run(tmp_path, num_iterations=4)
+    state, _ = search_run(tmp_path, num_iterations=N)
     assert (tmp_path / "results.previous.json").exists() and not (tmp_path / "results.json").exists()
     assert_same_run(tmp_path, ref_dir, state, ref_state)
 
@@ -189,82 +166,110 @@ def test_full_disk_while_logging_keeps_the_checkpoint(tmp_path, reference, monke
                 return FullFile()
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "open", fake_open, raising=False)
-    with pytest.raises(experiment.StorageError, match=r"metrics.jsonl: no space left on device"):
-        run(tmp_path)
+    monkeypatch.setattr(files, "open", fake_open, raising=False)
+    with pytest.raises(run.StorageError, match=r"metrics.jsonl: no space left on device"):
+        search_run(tmp_path)
     monkeypatch.undo()
     assert checkpoint.list_steps(tmp_path / "checkpoints") == [2]
-    state, _ = run(tmp_path)
+    state, _ = search_run(tmp_path)
     assert_same_run(tmp_path, ref_dir, state, ref_state)
 
 
 def test_failed_checkpoint_write_stops_the_run(tmp_path, monkeypatch):
-    run(tmp_path, num_iterations=2)
+    search_run(tmp_path, num_iterations=2)
     monkeypatch.setattr(
         checkpoint.ocp.CheckpointManager, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
     )
     with pytest.raises(checkpoint.CheckpointError, match=str(tmp_path / "checkpoints" / "4")):
-        run(tmp_path, num_iterations=4)
+        search_run(tmp_path, num_iterations=4)
     assert checkpoint.list_steps(tmp_path / "checkpoints") == [2]
 
 
-# ----- workdir and flags (no computation) -------------------------------------------------------------------
+# ----- workdir and stored configuration (no computation) -------------------------------------------------
 FLAGS = {"workdir": "/x", "seed": 0, "num_iterations": 10, "policy_lr": 0.2, "progress": True, "retain_mtm": False}
+MANAGEMENT = {"workdir", "progress"}  # settings that may differ (experiments: common.RUN_MANAGEMENT_FLAGS)
+
+
+def prepare(path, config=FLAGS, **kw):
+    return run.prepare_workdir(path, config=config, ignore=MANAGEMENT, **kw)
 
 
 def fake_run(path: Path, iterations: int, finished: bool):
     """A workdir as a run leaves it: flags.txt, metrics lines, a checkpoint directory, maybe results.json."""
-    experiment.prepare_workdir(path, flags=FLAGS)
+    prepare(path)
     (path / "metrics.jsonl").write_text("".join(json.dumps({"step": i}) + "\n" for i in range(iterations)))
     (path / "checkpoints" / str(iterations)).mkdir(parents=True)
     if finished:
         (path / "results.json").write_text('{"experiment": "x"}\n')
 
 
-def test_mismatched_flags_are_refused_with_a_list(tmp_path):
+def test_mismatched_config_is_refused_with_a_list(tmp_path):
     fake_run(tmp_path, 4, finished=False)
     changed = {**FLAGS, "policy_lr": 0.3, "retain_mtm": True, "progress": False, "workdir": "/elsewhere"}
-    with pytest.raises(experiment.WorkdirError) as err:
-        experiment.prepare_workdir(tmp_path, flags=changed)
-    msg = str(err.value)
-    assert "--policy_lr: 0.2 in the run, now 0.3" in msg and "--retain_mtm: False in the run, now True" in msg
-    assert "progress" not in msg and "workdir:" not in msg  # run-management flags may differ
-    # raising --num_iterations is fine; lowering below the completed iterations is not
-    experiment.prepare_workdir(tmp_path, flags={**FLAGS, "num_iterations": 20, "progress": False})
+    with pytest.raises(run.WorkdirError) as err:
+        prepare(tmp_path, changed)
+    assert err.value.differences == [("policy_lr", "0.2", "0.3"), ("retain_mtm", "False", "True")]
+    msg = str(err.value)  # the library names parameters ...
+    assert "  policy_lr: 0.2 in the run, now 0.3" in msg and "  retain_mtm: False in the run, now True" in msg
+    assert "pass overwrite=True to start over" in msg and "--" not in msg.replace(str(tmp_path), "")
+    assert "progress" not in msg and "workdir:" not in msg  # settings in ``ignore`` may differ
+    # ... and experiments name them as flags
+    shown = common.user_message(err.value)
+    assert "--policy_lr: 0.2 in the run, now 0.3" in shown and f"--workdir {tmp_path} holds a run" in shown
+    assert "pass --overwrite to start over" in shown
+    # with nothing ignored, every difference counts
+    with pytest.raises(run.WorkdirError) as err:
+        run.prepare_workdir(tmp_path, config={**FLAGS, "progress": False})
+    assert err.value.differences == [("progress", "True", "False")]
+    # raising num_iterations is fine; lowering below the completed iterations is not
+    prepare(tmp_path, {**FLAGS, "num_iterations": 20, "progress": False})
     assert "--num_iterations=20" in (tmp_path / "flags.txt").read_text()
-    with pytest.raises(experiment.WorkdirError, match="--num_iterations=3 is lower than the 4 iterations"):
-        experiment.prepare_workdir(tmp_path, flags={**FLAGS, "num_iterations": 3})
+    assert run.read_config(tmp_path)["num_iterations"] == "20"
+    with pytest.raises(run.WorkdirError, match="num_iterations=3 is lower than the 4 iterations") as err:
+        prepare(tmp_path, {**FLAGS, "num_iterations": 3})
+    assert "pass --num_iterations>=4, or --overwrite to start over" in common.user_message(err.value)
 
 
 def test_finished_run_is_never_overwritten_silently(tmp_path):
     fake_run(tmp_path, 10, finished=True)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
-    with pytest.raises(experiment.RunComplete, match="already holds this finished run"):
-        experiment.prepare_workdir(tmp_path, flags=FLAGS)
+    with pytest.raises(run.RunComplete, match="already holds this finished run") as err:
+        prepare(tmp_path)
+    assert err.value.iterations == 10
+    assert "Pass a larger --num_iterations to extend it, or --overwrite" in common.user_message(err.value)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     # extending moves the old results aside until the new ones are written
-    experiment.prepare_workdir(tmp_path, flags={**FLAGS, "num_iterations": 12})
+    prepare(tmp_path, {**FLAGS, "num_iterations": 12})
     assert (tmp_path / "results.previous.json").exists() and not (tmp_path / "results.json").exists()
     # overwrite starts over: the run's files are gone, others stay
     (tmp_path / "notes.txt").write_text("mine")
-    experiment.prepare_workdir(tmp_path, overwrite=True, flags={**FLAGS, "policy_lr": 1.0})
+    prepare(tmp_path, {**FLAGS, "policy_lr": 1.0}, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flags.txt", "notes.txt"]
 
 
 def test_unusable_workdir_names_the_path(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(experiment.WorkdirError, match=f"--workdir {tmp_path / 'file'} exists and is not a directory"):
-        experiment.prepare_workdir(tmp_path / "file")
-    with pytest.raises(experiment.WorkdirError, match=f"--workdir {tmp_path / 'file' / 'sub'} is not writable"):
-        experiment.prepare_workdir(tmp_path / "file" / "sub")
+    with pytest.raises(run.WorkdirError, match=f"workdir {tmp_path / 'file'} exists and is not a directory") as err:
+        run.prepare_workdir(tmp_path / "file")
+    assert common.user_message(err.value).startswith(f"--workdir {tmp_path / 'file'} exists")
+    with pytest.raises(run.WorkdirError, match=f"workdir {tmp_path / 'file' / 'sub'} is not writable") as err:
+        run.prepare_workdir(tmp_path / "file" / "sub")
+    assert "--workdir" in common.user_message(err.value)  # composed after the except clause that caught the OSError
 
 
 def test_sync_metrics_refuses_missing_lines(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n')
-    with pytest.raises(experiment.WorkdirError, match="holds 2 iterations, but the checkpoint is at iteration 3"):
-        experiment.sync_metrics(tmp_path, 3)
-    assert [r["step"] for r in experiment.sync_metrics(tmp_path, 1)] == [0]
+    with pytest.raises(run.WorkdirError, match="holds 2 iterations, but the checkpoint is at iteration 3") as err:
+        run.sync_metrics(tmp_path, 3)
+    assert str(err.value).endswith("restore the file or pass overwrite=True to start over")
+    assert [r["step"] for r in run.sync_metrics(tmp_path, 1)] == [0]
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0}\n'
+
+
+def test_flag_names_of_parameters():
+    assert common.flag("workdir") == "--workdir" and common.flag("num_iterations", 5) == "--num_iterations=5"
+    assert common.flag("overwrite", True) == "--overwrite" and common.flag("overwrite", False) == "--nooverwrite"
+    assert common.user_message(ValueError("plain")) == "plain"
 
 
 # ----- progress -----------------------------------------------------------------------------------------------
@@ -275,7 +280,7 @@ class FakeTerminal(io.StringIO):
 
 def test_progress_line_on_a_terminal():
     out = FakeTerminal()
-    show = experiment.Progress(4, stream=out)
+    show = run.Progress(4, stream=out)
     for i in range(4):
         show(i, None, {"reward_mean": 0.5 + i / 10, "best_reward": 0.9, "time_s": 0.01})
     text = out.getvalue()
@@ -287,17 +292,17 @@ def test_progress_line_on_a_terminal():
 
 def test_progress_quiet_without_terminal_or_when_disabled():
     plain = io.StringIO()
-    show = experiment.Progress(100, stream=plain, log_every=0)
+    show = run.Progress(100, stream=plain, log_every=0)
     for i in range(5):
         show(i, None, {"reward_mean": 0.1})
     assert plain.getvalue() == ""
     logged = io.StringIO()
-    show = experiment.Progress(100, stream=logged, log_every=2)
+    show = run.Progress(100, stream=logged, log_every=2)
     for i in range(5):
         show(i, None, {"reward_mean": 0.1})
     assert "\r" not in logged.getvalue() and logged.getvalue().count("\n") == 3  # iterations 0, 2, 4
     off = FakeTerminal()
-    show = experiment.Progress(100, stream=off, enabled=False, log_every=1)
+    show = run.Progress(100, stream=off, enabled=False, log_every=1)
     show(0, None, {})
     show.message("resumed")
     assert off.getvalue() == ""
@@ -351,6 +356,7 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "interrupted: stopped by SIGTERM" in err and "Traceback" not in err
+    assert "Re-run the same command to resume." in err
     steps = checkpoint.list_steps(workdir / "checkpoints")
     done = metrics.read_text().count("\n")
     assert steps == [done] and 3 <= done < 200
@@ -365,7 +371,7 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path):
     again = run_gmm_toy(workdir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed {workdir} at iteration {done}/200" in again.stderr
-    history = experiment.read_metrics(workdir)
+    history = run.read_metrics(workdir)
     assert [r["step"] for r in history] == list(range(200))
     results = json.loads((workdir / "results.json").read_text())
     assert results["iterations"] == 200 and len(results["psi_raw"]) == 16

@@ -1,0 +1,270 @@
+"""The driver around the algorithm: policy iterations with checkpoints, metrics, TensorBoard, progress, signals.
+
+:func:`run_search` owns everything a run writes in its workdir
+(:mod:`lts_jax.run.workdir` lists it) and makes a run resumable: the newest
+good checkpoint is restored, metrics.jsonl is cut back to it, and the resumed
+run ends bitwise like an uninterrupted one (on CPU). A finished run asked for
+more iterations extends from its final checkpoint. SIGINT/SIGTERM stop after
+the current iteration with a checkpoint (a second signal stops at once).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+
+from lts_jax import lts
+from lts_jax.params import ParamSpec
+from lts_jax.run import checkpoint
+from lts_jax.run import tensorboard as tb
+from lts_jax.run.errors import RunError
+from lts_jax.run.files import StorageError
+from lts_jax.run.metrics import MetricsLog, sync_metrics
+from lts_jax.run.progress import Progress
+from lts_jax.run.workdir import CHECKPOINT_DIR, RESULTS_FILE, RunComplete, WorkdirError, begin_extension
+
+DEFAULT_CHECKPOINT_EVERY = 10
+DEFAULT_KEEP_CHECKPOINTS = 3
+
+
+class Interrupted(RunError):
+    """The run stopped early on a signal (or ``should_stop``) after saving a checkpoint.
+
+    The same call (same workdir) resumes it. Attributes: ``signum`` (None for
+    should_stop), ``iteration`` (completed), ``num_iterations``, ``checkpoint`` (its path).
+    """
+
+    def __init__(
+        self, message: str, signum: int | None, iteration: int, checkpoint_path: Path | None, num_iterations: int
+    ):
+        super().__init__(message)
+        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint_path
+        self.num_iterations = num_iterations
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set a flag polled between iterations; a second signal acts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool, stream=None):
+        # Python delivers signals to the main thread only; elsewhere the handlers cannot be installed.
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.stream = stream or sys.stderr
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None:
+            self.restore()
+            signal.raise_signal(signum)  # the previous behaviour: KeyboardInterrupt or termination
+            return
+        self.signum = signum
+        self.stream.write(
+            f"\n{signal.Signals(signum).name} received: stopping after this iteration and saving a checkpoint "
+            "(send it again to stop at once, without saving)\n"
+        )
+        self.stream.flush()
+
+    def __enter__(self) -> _StopOnSignal:
+        if self.enabled:
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def restore(self) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+class _CheckpointHook:
+    """Hook: saves the state every ``every`` iterations (0: never here) and at the last one."""
+
+    def __init__(self, ckpt: checkpoint.Checkpointer, every: int, num_iterations: int, meta: dict[str, Any]):
+        self.ckpt, self.every, self.num_iterations, self.meta = ckpt, every, num_iterations, meta
+        self.last_state = None
+        self.saved_step: int | None = None
+
+    def save(self, state) -> Path:
+        path = self.ckpt.save(state, self.meta)
+        self.saved_step = int(state.iteration)
+        return path
+
+    def __call__(self, iteration: int, state, metrics: dict[str, Any]) -> None:
+        self.last_state = state
+        done = iteration + 1
+        if (self.every and done % self.every == 0) or done == self.num_iterations:
+            self.save(state)
+
+
+def run_search(
+    step: Callable,
+    state: lts.LTSState,
+    base_key,
+    num_iterations: int,
+    val_data: Any,
+    *,
+    workdir: str | Path,
+    spec: ParamSpec,
+    test_data: Any = None,
+    test_every: int = 0,
+    progress: bool = True,
+    log_every: int = 0,
+    extra_hooks: Iterable[lts.Hook] = (),
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
+    resume: bool = True,
+    handle_signals: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    tensorboard: bool = True,
+    figures: bool = True,
+) -> tuple[lts.LTSState, list[dict[str, Any]]]:
+    """Runs the policy iterations with checkpoints, metrics, TensorBoard and progress; returns (state, history).
+
+    ``state`` is the freshly initialised state: it starts a new run and is the
+    structure a checkpoint is restored into. With ``resume`` the newest good
+    checkpoint in ``WORKDIR/checkpoints`` is restored first (a corrupt newer one
+    is moved aside with a warning), metrics.jsonl is cut back to it, and the
+    loop continues at its iteration; ``history`` is then the whole run's rows.
+    Not jittable (host-side driver around the jitted ``step``).
+
+    Args:
+      step, state, base_key, num_iterations, val_data, test_data, test_every: as ``lts.run_loop``.
+      workdir: the run's directory (see ``prepare_workdir``).
+      spec: the simulator's ParamSpec (readable psi in metrics.jsonl).
+      progress, log_every: the progress line (``Progress``).
+      extra_hooks: called after each iteration as ``hook(iteration, state, metrics)``.
+      checkpoint_every: save every N iterations (0: only at the end and on a stop).
+      keep_checkpoints: how many of the newest checkpoints to keep (>= 1).
+      resume: restore the newest checkpoint first.
+      handle_signals: SIGINT/SIGTERM stop the run after the current iteration
+        with a checkpoint (main thread only).
+      should_stop: polled between iterations as well (tests, schedulers, time budgets).
+      tensorboard: write TensorBoard events to the workdir.
+      figures: draw the generic figures (rewards.png, params.png) at the end.
+
+    Raises:
+      Interrupted: stopped early by a signal or ``should_stop``; the checkpoint is saved.
+      RunComplete: the workdir holds results.json and a checkpoint at ``num_iterations``.
+      WorkdirError: a checkpoint beyond ``num_iterations``, metrics.jsonl lacks iterations, or
+        checkpoints exist while ``resume`` is off.
+      StorageError, checkpoint.CheckpointError: a file could not be written (the message names it).
+      lts.NonFiniteError: as run_loop; the last good state is checkpointed first.
+      ValueError: ``checkpoint_every`` < 0 or ``keep_checkpoints`` < 1.
+    """
+    workdir = Path(workdir)
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every = {checkpoint_every} is out of range; accepted: an integer >= 0")
+    if keep_checkpoints < 1:
+        raise ValueError(f"keep_checkpoints = {keep_checkpoints} is out of range; accepted: an integer >= 1")
+    ckpt = checkpoint.Checkpointer(workdir / CHECKPOINT_DIR, keep=keep_checkpoints)
+    try:
+        return _run(
+            step, state, base_key, num_iterations, val_data, workdir, spec, ckpt, checkpoint_every, resume,
+            test_data=test_data, test_every=test_every, progress=progress, log_every=log_every,
+            extra_hooks=extra_hooks, handle_signals=handle_signals, should_stop=should_stop,
+            tensorboard=tensorboard, figures=figures,
+        )  # fmt: skip
+    finally:
+        ckpt.close()
+
+
+def _run(
+    step, state, base_key, num_iterations, val_data, workdir: Path, spec, ckpt, every, resume, *,
+    test_data, test_every, progress, log_every, extra_hooks, handle_signals, should_stop, tensorboard, figures,
+):  # fmt: skip
+    if not resume and ckpt.steps():
+        # Saving would skip the steps that exist and leave another run's states among this run's.
+        raise WorkdirError(
+            f"{ckpt.directory} holds checkpoints and resume is off; remove them or start over", path=ckpt.directory
+        )
+    restored = ckpt.restore_latest(state) if resume else None
+    if restored is not None:
+        state = restored[0]
+    start = int(state.iteration)
+    if start > num_iterations:
+        raise WorkdirError(
+            lambda p: (
+                f"the checkpoint in {ckpt.directory} is at iteration {start}, beyond "
+                f"{p('num_iterations', num_iterations)}"
+            ),
+            path=ckpt.directory,
+        )
+    if (workdir / RESULTS_FILE).exists():
+        if start >= num_iterations:
+            raise RunComplete(
+                f"{workdir} already holds this finished run ({start} iterations; {RESULTS_FILE})",
+                path=workdir,
+                iterations=start,
+            )
+        begin_extension(workdir)
+    history = sync_metrics(workdir, start)
+
+    writer = None
+    if tensorboard:
+        try:
+            writer = tb.EventWriter(workdir, start_step=start)
+        except OSError as e:
+            raise StorageError(f"cannot write TensorBoard events in {workdir}: {e.strerror or e}") from e
+    log = MetricsLog(workdir, spec, history=history, writer=writer)
+    show = Progress(num_iterations, enabled=progress, log_every=log_every)
+    if start > 0 and start < num_iterations:
+        show.message(f"resumed {workdir} at iteration {start}/{num_iterations} from {ckpt.path(start)}")
+    saver = _CheckpointHook(ckpt, every, num_iterations, {"num_iterations": num_iterations})
+    if restored is not None:
+        saver.saved_step = start
+    hooks = [log, saver, show, *extra_hooks]
+
+    stop = _StopOnSignal(handle_signals)
+    poll = should_stop or (lambda: False)
+    try:
+        with stop:
+            state = lts.run_loop(
+                step, state, base_key, num_iterations, val_data, test_data=test_data, test_every=test_every,
+                hooks=hooks, should_stop=lambda: stop.signum is not None or poll(),
+            )  # fmt: skip
+    except (StorageError, checkpoint.CheckpointError, KeyboardInterrupt):
+        raise
+    except Exception:
+        # Keep the last good iteration (e.g. before a non-finite reward) so nothing computed is lost.
+        if saver.last_state is not None and saver.saved_step != int(saver.last_state.iteration):
+            try:
+                saver.save(saver.last_state)
+            except Exception as e:  # the original error matters more
+                logging.warning("could not save the last good state: %s", e)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+
+    done = int(state.iteration)
+    path = ckpt.path(done)
+    if saver.saved_step != done:
+        path = saver.save(state)
+    if done < num_iterations:
+        why = signal.Signals(stop.signum).name if stop.signum is not None else "a stop request"
+        raise Interrupted(
+            f"stopped by {why} after iteration {done}/{num_iterations}; checkpoint saved to {path}",
+            stop.signum,
+            done,
+            path,
+            num_iterations,
+        )
+    if figures and log.history:
+        try:
+            from lts_jax.run import plots  # matplotlib is only needed here
+
+            plots.run_figures(log.history, workdir)
+        except Exception as e:  # a figure never costs a finished run
+            logging.warning("could not draw the run's figures in %s: %s", workdir, e)
+    return state, log.history
