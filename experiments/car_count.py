@@ -15,7 +15,7 @@ another run's results.json given by --final_from, init = the --init point), rand
 adversarial preset with a crowded road; INIT_VARIANTS says why); every learnable probability of the initial
 point is floored at --init_min_prob. --retain_mtm also trains and reports the accumulated MTM (AMTM, Figure 5).
 
-Writes, besides the run files of experiment.run_search (metrics.jsonl with the learned logits in
+Writes, besides the run files of run.run_search (metrics.jsonl with the learned logits in
 "params", checkpoints, TensorBoard events, rewards.png, params.png):
   results.json   {"experiment": "car_count", "test_reward": {method: final test reward, "psi_real": ...},
                   "val_reward_curve", "test_reward_curve", "amtm_*_reward_curve", "logits", "psi", "psi_raw",
@@ -46,8 +46,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import common, traffic_common
-from lts_jax import lts, search
-from lts_jax.run import experiment, plots
+from lts_jax import lts, run, search
+from lts_jax.run import plots
 from lts_jax.tasks.counting import COMPUTE_DTYPES, LOSSES, CountingTask
 
 NAME = "car_count"
@@ -140,8 +140,8 @@ class Config:
     compute_dtype: str = "float32"
     progress: bool = True
     log_every: int = 10
-    checkpoint_every: int | None = None  # None: experiment.run_search's default
-    keep_checkpoints: int | None = None
+    checkpoint_every: int = run.DEFAULT_CHECKPOINT_EVERY
+    keep_checkpoints: int = run.DEFAULT_KEEP_CHECKPOINTS
 
     @property
     def method(self) -> str:
@@ -286,7 +286,7 @@ def run_search(
     if traffic_common.is_carla(ctx.sim):
         ctx.sim.connect()
     try:
-        _, history = experiment.run_search(
+        _, history = run.run_search(
             step,
             state,
             k_run,
@@ -304,10 +304,10 @@ def run_search(
             figures=figures,
         )
         return history, False
-    except experiment.Interrupted as e:
+    except run.Interrupted as e:
         if e.signum is not None:
             raise
-        return experiment.read_metrics(workdir), True
+        return run.read_metrics(workdir), True
     except Exception as e:
         if traffic_common.is_carla(ctx.sim):
             from simulators.carla import find_no_server_error
@@ -342,7 +342,7 @@ def reference_reward(cfg: Config, lts_cfg: lts.LTSConfig, ctx: Context, workdir:
         stored = json.loads(done.read_text())
         if stored.get("signature") == signature:
             return stored["psi_real_reward"]
-    experiment.prepare_workdir(workdir, overwrite=True)
+    run.prepare_workdir(workdir, overwrite=True)
     strategy = search.FixedSearch(ctx.sim.spec)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
     psi = ctx.sim.spec.preset(PSI_REAL)
@@ -363,7 +363,7 @@ def reference_reward(cfg: Config, lts_cfg: lts.LTSConfig, ctx: Context, workdir:
         "test": float(np.mean([h["test_reward"] for h in history])),
         "iterations": len(history),
     }
-    experiment.write_json(done, {"experiment": "car_count_psi_real", "psi_real_reward": out, "signature": signature})
+    run.write_json(done, {"experiment": "car_count_psi_real", "psi_real_reward": out, "signature": signature})
     return out
 
 
@@ -425,7 +425,7 @@ def train_and_evaluate(
         "test_reward": test_reward,
         "psi_real_reward": dict(reference) if reference else None,
         **summary,
-        **experiment.psi_export(spec, center),
+        **run.psi_export(spec, center),
         "psi_init": spec.describe(np.asarray(psi0, np.float32)),
         "psi_real": spec.describe(spec.preset(PSI_REAL)),
         "simulator": dict(ctx.sim_info),
@@ -437,7 +437,7 @@ def train_and_evaluate(
             "total_s": time.perf_counter() - t0,
         },
     }
-    experiment.write_json(workdir / "results.json", results)
+    run.write_json(workdir / "results.json", results)
     if figures:
         draw_figures_from_workdir(workdir)
     logging.info("car_count %s: test reward %s", cfg.method, test_reward)
@@ -539,10 +539,7 @@ def main() -> None:
     cfg = config_from_flags()
     lts_cfg = common.lts_config()
     # The compile cache and the render chunk change how fast a run goes, not what it computes.
-    ignore = experiment.RUN_MANAGEMENT_FLAGS | {"compile_cache_dir", "render_chunk"}
-    workdir = experiment.prepare_workdir(
-        common.WORKDIR.value, overwrite=common.OVERWRITE.value, flags=common.shared_flag_values(), ignore=ignore
-    )
+    workdir = common.prepare_workdir(also_ignore={"compile_cache_dir", "render_chunk"})
     sim = traffic_common.make_simulator()
     strategy = common.make_search(cfg.search, sim.spec)
     ctx = make_context(cfg, sim, traffic_common.simulator_info(), traffic_common.RENDER_CHUNK.value)

@@ -51,8 +51,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import car_count, common, traffic_common
-from lts_jax import lts
-from lts_jax.run import experiment
+from lts_jax import lts, run
 
 SCALE = flags.DEFINE_string("scale", "quick", "Preset of sizes: tiny, quick or paper (explicit flags win).")
 SUMMARY_DIR = flags.DEFINE_string("summary_dir", None, "Where sweep_results.json, the table and figures go.")
@@ -283,7 +282,7 @@ def run_sweep(
         "runs": {},
         "big": {},
     }
-    save = lambda: experiment.write_json(summary_dir / RESULTS_FILE, summary)  # noqa: E731
+    save = lambda: run.write_json(summary_dir / RESULTS_FILE, summary)  # noqa: E731
     strategies: dict[str, Any] = {}
     subruns = plan.subruns()
     for i, sub in enumerate(subruns):
@@ -302,7 +301,7 @@ def run_sweep(
                 final_psi = None
                 if sub.needs:
                     final_psi = np.asarray(summary["runs"][sub.needs]["psi_raw"], np.float32)
-                experiment.prepare_workdir(rundir, overwrite=True, flags=_flag_record(sub))
+                run.prepare_workdir(rundir, overwrite=True, config=_flag_record(sub))
                 remaining = sum(r.work for r in subruns[i:]) + plan.big_work()
                 stop = budget.stopper(sub.work, remaining, rundir)
                 strategy = _search_for(sub.cfg.search, ctx.sim.spec, strategies)
@@ -358,7 +357,7 @@ def _big_phase(
     bigdir = workdir / "big"
     bigdir.mkdir(parents=True, exist_ok=True)
     sources = [(f"M{m}", plan.run_for_m(m)) for m in plan.m_values] + [("psi_real", None)]
-    for name, run in sources:
+    for name, source in sources:
         path = bigdir / f"{name}.json"
         try:
             if path.exists():
@@ -367,15 +366,15 @@ def _big_phase(
             if budget.left() <= 0:
                 summary["big"][name] = {"status": "skipped", "error": "time budget spent"}
                 continue
-            if run is None:
+            if source is None:
                 psi = ctx.sim.spec.preset(car_count.PSI_REAL)
-            elif summary["runs"].get(run, {}).get("status") == "done":
-                psi = np.asarray(summary["runs"][run]["psi_raw"], np.float32)
+            elif summary["runs"].get(source, {}).get("status") == "done":
+                psi = np.asarray(summary["runs"][source]["psi_raw"], np.float32)
             else:
-                summary["big"][name] = {"status": "skipped", "error": f"{run} did not finish"}
+                summary["big"][name] = {"status": "skipped", "error": f"{source} did not finish"}
                 continue
             out = {"status": "done", **big_data_error(ctx, psi, plan.big_size, plan.big_epochs, plan.base.seed)}
-            experiment.write_json(path, out)
+            run.write_json(path, out)
         except Exception as e:
             logging.error("Fig. 8 training for %s failed: %s", name, e)
             out = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
@@ -485,7 +484,7 @@ def _run_for(summary: Mapping[str, Any], what: str, value: int) -> str:
 def finish(summary: dict[str, Any], summary_dir: Path, *, figures: bool = True) -> list[Path]:
     """Analysis, sweep_results.json, sweep_table.md and the figures."""
     summary["analysis"] = analyze(summary)
-    experiment.write_json(summary_dir / RESULTS_FILE, summary)
+    run.write_json(summary_dir / RESULTS_FILE, summary)
     (summary_dir / TABLE_FILE).write_text(table_markdown(summary))
     written = [summary_dir / RESULTS_FILE, summary_dir / TABLE_FILE]
     if figures:
@@ -656,7 +655,7 @@ def main() -> None:
     traffic_common.setup_compile_cache()
     workdir = Path(common.WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
-    experiment.write_flags(workdir, {**common.shared_flag_values(), "scale": SCALE.value}, ignore={"workdir"})
+    run.prepare_workdir(workdir, config={**common.shared_flag_values(), "scale": SCALE.value}, ignore={"workdir"})
 
     def make_ctx():
         sim = traffic_common.make_simulator()

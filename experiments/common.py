@@ -5,25 +5,32 @@ defaults with :func:`set_defaults`, and call :func:`validate_shared` first
 thing in ``main`` so bad values exit with status 2 before any work. Then
 :func:`prepare_workdir` checks the workdir against a run already there
 (resume, extend, "already complete", or exit 2 listing differing flags),
-:func:`run_options` gives ``experiment.run_search`` its run-management
+:func:`run_options` gives ``run.run_search`` its run-management
 arguments, and :func:`run_main` maps the outcomes to exit statuses.
+
+The library names parameters in its messages (``overwrite=True``); flags are
+named like the parameters, and :func:`user_message` renders a library error
+with flags (``--overwrite``) for the user.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from absl import app, flags
 
-from lts_jax import lts, parallel, search
+from lts_jax import lts, parallel, run, search
 from lts_jax.params import ParamSpec
-from lts_jax.run import checkpoint, experiment
 from lts_jax.search import policy
 
 SEARCHES = ("lts", "fixed", "random_params", "random_search")
+# Flags that change how a run is managed, not what it computes: they may differ from a run's flags.txt.
+RUN_MANAGEMENT_FLAGS = frozenset(
+    {"workdir", "overwrite", "progress", "log_every", "checkpoint_every", "keep_checkpoints"}
+)
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for flags.txt, metrics.jsonl, results.json and figures.")
 SEED = flags.DEFINE_integer("seed", 0, "Base random seed of the run (policy, data, MTM initialisation).")
@@ -79,11 +86,11 @@ LOG_EVERY = flags.DEFINE_integer(
 )
 CHECKPOINT_EVERY = flags.DEFINE_integer(
     "checkpoint_every",
-    experiment.DEFAULT_CHECKPOINT_EVERY,
+    run.DEFAULT_CHECKPOINT_EVERY,
     "Save a checkpoint of the whole run state every N iterations (0: only at the end and when stopped).",
 )
 KEEP_CHECKPOINTS = flags.DEFINE_integer(
-    "keep_checkpoints", experiment.DEFAULT_KEEP_CHECKPOINTS, "How many of the newest checkpoints to keep."
+    "keep_checkpoints", run.DEFAULT_KEEP_CHECKPOINTS, "How many of the newest checkpoints to keep."
 )
 
 
@@ -187,7 +194,7 @@ def shared_flag_values() -> dict[str, Any]:
 
 
 def run_options() -> dict[str, Any]:
-    """The run-management keyword arguments of ``experiment.run_search`` from the shared flags."""
+    """The run-management keyword arguments of ``run.run_search`` from the shared flags."""
     return dict(
         progress=PROGRESS.value,
         log_every=LOG_EVERY.value,
@@ -196,10 +203,38 @@ def run_options() -> dict[str, Any]:
     )
 
 
-def prepare_workdir() -> Path:
-    """``experiment.prepare_workdir`` with --workdir, --overwrite and the resolved flags (checked against
-    the run already there, then written to flags.txt). Call after validation, before any work."""
-    return experiment.prepare_workdir(WORKDIR.value, overwrite=OVERWRITE.value, flags=shared_flag_values())
+def prepare_workdir(also_ignore: Iterable[str] = ()) -> Path:
+    """``run.prepare_workdir`` with --workdir, --overwrite and the resolved flags (checked against the run
+    already there, then written to flags.txt). Call after validation, before any work.
+
+    RUN_MANAGEMENT_FLAGS and ``also_ignore`` (an experiment's flags that change only how fast it runs)
+    may differ from the run's."""
+    return run.prepare_workdir(
+        WORKDIR.value,
+        overwrite=OVERWRITE.value,
+        config=shared_flag_values(),
+        ignore=RUN_MANAGEMENT_FLAGS | set(also_ignore),
+    )
+
+
+def flag(name: str, *value: Any) -> str:
+    """How the command line writes a library parameter (flags are named like the parameters).
+
+    ``flag("workdir") == "--workdir"``, ``flag("num_iterations", 5) == "--num_iterations=5"``, and a boolean
+    as absl writes it: ``flag("overwrite", True) == "--overwrite"``, ``flag("overwrite", False) == "--nooverwrite"``.
+    """
+    if not value:
+        return f"--{name}"
+    if value[0] is True:
+        return f"--{name}"
+    if value[0] is False:
+        return f"--no{name}"
+    return f"--{name}={value[0]}"
+
+
+def user_message(error: BaseException) -> str:
+    """A library error's message for the user: its parameters named as flags (``overwrite=True`` -> ``--overwrite``)."""
+    return error.render(flag) if isinstance(error, run.RunError) else str(error)
 
 
 def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
@@ -208,7 +243,8 @@ def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
     Exit status:
       0: done, or the workdir already holds this finished run (RunComplete; nothing touched).
       1: a non-finite value (names the iteration), or a file could not be written
-         (StorageError, CheckpointError, OSError; the message names the path).
+         (StorageError, CheckpointError, OSError; the message names the path), or sub-runs failed
+         (SubRunsFailed; the others finished).
       2: configuration problems (WorkdirError: flags differ from the run in the
          workdir, unusable workdir), and flag validation (usage errors).
       128 + signal (130 SIGINT, 143 SIGTERM): stopped by a signal after saving a
@@ -218,20 +254,20 @@ def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
     def _main(argv: list[str]) -> None:
         if len(argv) > 1:
             raise usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-        checkpoint.quiet_orbax_logs()
+        run.checkpoint.quiet_orbax_logs()
         try:
             main_fn()
-        except experiment.RunComplete as e:
-            print(f"already complete: {e}", file=sys.stderr)
+        except run.RunComplete as e:
+            print(f"already complete: {user_message(e)}", file=sys.stderr)
             sys.exit(0)
-        except experiment.Interrupted as e:
-            print(f"interrupted: {e}", file=sys.stderr)
+        except run.Interrupted as e:
+            print(f"interrupted: {user_message(e)}. Re-run the same command to resume.", file=sys.stderr)
             sys.exit(128 + e.signum if e.signum else 1)
-        except experiment.WorkdirError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except run.WorkdirError as e:
+            print(f"error: {user_message(e)}", file=sys.stderr)
             sys.exit(2)
-        except (lts.NonFiniteError, experiment.StorageError, checkpoint.CheckpointError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except (lts.NonFiniteError, run.StorageError, run.CheckpointError, run.SubRunsFailed) as e:
+            print(f"error: {user_message(e)}", file=sys.stderr)
             sys.exit(1)
         except OSError as e:
             where = f" ({e.filename})" if e.filename else ""

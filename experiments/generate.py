@@ -57,7 +57,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lts_jax.run import experiment
+from lts_jax import run
 
 IMAGE_DIR, LABEL_DIR, CHUNK_DIR = "image_2", "semantic", ".chunks"
 MANIFEST, COUNTS, POINTS = "generate.json", "counts.jsonl", "points.csv"
@@ -84,7 +84,7 @@ def read_run(workdir: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise GenerateError(f"{path} is not valid JSON ({e.msg})") from e
     if "psi_raw" not in results:
-        rows = [r for r in experiment.read_metrics(workdir) if "center" in r]
+        rows = [r for r in run.read_metrics(workdir) if "center" in r]
         if not rows:
             raise GenerateError(f"{path} has no 'psi_raw' and {workdir / 'metrics.jsonl'} no 'center' to fall back to")
         print(f"warning: {path} has no 'psi_raw'; using the last 'center' of metrics.jsonl", file=sys.stderr)
@@ -183,7 +183,7 @@ def prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
             raise AlreadyComplete(f"{out} already holds these {manifest['num']} examples; nothing to do")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        experiment.write_json(out / MANIFEST, manifest)
+        run.write_json(out / MANIFEST, manifest)
     except OSError as e:
         raise GenerateError(f"--out {out} is not writable: {e.strerror or e}") from e
 
@@ -250,18 +250,18 @@ def render_traffic(sim, psi: np.ndarray, out: Path, num: int, chunk_size: int, s
             for job in jobs:
                 job.result()  # re-raises a failed write
             # The marker last: a chunk cut short is rendered again on resume.
-            experiment.atomic_write_text(marker, "".join(line + "\n" for line in lines))
+            run.atomic_write_text(marker, "".join(line + "\n" for line in lines))
             rendered += hi - lo
             show(hi, c, chunks)
     counts = "".join((out / CHUNK_DIR / f"{c:06d}.jsonl").read_text() for c in range(chunks))
-    experiment.atomic_write_text(out / COUNTS, counts)
+    run.atomic_write_text(out / COUNTS, counts)
     return {"examples": num, "rendered_now": rendered, "chunks": chunks}
 
 
 def render_gmm(sim, psi: np.ndarray, out: Path, num: int, seed: int) -> dict:
     data = jax.tree_util.tree_map(np.asarray, sim.sample(jax.random.key(seed), jax.numpy.asarray(psi), num))
     rows = ["x0,x1,label"] + [f"{x[0]:.7g},{x[1]:.7g},{int(y)}" for x, y in zip(data["x"], data["y"])]
-    experiment.atomic_write_text(out / POINTS, "\n".join(rows) + "\n")
+    run.atomic_write_text(out / POINTS, "\n".join(rows) + "\n")
     return {"examples": num, "rendered_now": num, "chunks": 1}
 
 
@@ -360,7 +360,7 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
     except GenerateError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (OSError, experiment.StorageError) as e:
+    except (OSError, run.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(summary))

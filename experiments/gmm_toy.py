@@ -21,8 +21,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import common
-from lts_jax import lts
-from lts_jax.run import experiment, plots
+from lts_jax import lts, run
+from lts_jax.run import plots
 from lts_jax.tasks.svm import SVMTask, fit_svc
 from simulators import gmm
 
@@ -63,8 +63,8 @@ class Config:
     eval_repeats: int = 5
     progress: bool = True
     log_every: int = 50
-    checkpoint_every: int | None = None  # None: experiment.run_search's default
-    keep_checkpoints: int | None = None
+    checkpoint_every: int = run.DEFAULT_CHECKPOINT_EVERY
+    keep_checkpoints: int = run.DEFAULT_KEEP_CHECKPOINTS
 
 
 def test_accuracy(sample_fn, psi, num: int, test: dict, seed: int, repeats: int, C: float) -> float:
@@ -91,7 +91,7 @@ def train_and_evaluate(cfg: Config, lts_cfg: lts.LTSConfig, search, workdir: Pat
     step = lts.make_step(lts_cfg, sim, task, search)
     state = lts.init_state(lts_cfg, task, search, k_state, psi0)
     logging.info("gmm_toy: %s, %s, search=%s, init=%s", spec, lts_cfg, cfg.search, cfg.init)
-    state, history = experiment.run_search(
+    state, history = run.run_search(
         step,
         state,
         k_run,
@@ -126,7 +126,7 @@ def train_and_evaluate(cfg: Config, lts_cfg: lts.LTSConfig, search, workdir: Pat
         "psi_raw": center.tolist(),
         "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(lts_cfg)},
     }
-    experiment.write_json(workdir / "results.json", results)
+    run.write_json(workdir / "results.json", results)
     draw_figures_from_workdir(workdir)
     logging.info("test accuracy: %s", acc)
     return results
@@ -143,7 +143,7 @@ def draw_figures_from_workdir(workdir: Path) -> list[Path]:
     val = gmm.sample_real(c["val_seed"], c["val_size"])
     test = gmm.sample_real(c["test_seed"], c["test_size"])
     _, psi_real = gmm.real_simulator()
-    history = experiment.read_metrics(workdir)
+    history = run.read_metrics(workdir)
     draw_figures(workdir, sim, history, val, test, c["dataset_size"], c["svm_c"], psi_real)
     return [workdir / "figure2.png", workdir / "reward.png"]
 

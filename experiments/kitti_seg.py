@@ -55,9 +55,9 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common, seg_common, traffic_common
-from lts_jax import lts
+from lts_jax import lts, run
 from lts_jax.data import kitti
-from lts_jax.run import experiment, plots
+from lts_jax.run import plots
 from lts_jax.tasks import segmentation as seg
 
 PARTIAL = "results_partial.json"  # the finished methods' tables while the run goes on
@@ -215,7 +215,7 @@ def train_and_evaluate(
         "late_mean_reward": seg_common.late_mean_reward(out.curves),
         "split": split,
         "kitti_dir": os.path.abspath(cfg.kitti_dir),
-        **(experiment.psi_export(spec, out.psi[headline]) if headline else {}),
+        **(run.psi_export(spec, out.psi[headline]) if headline else {}),
         "psi_method": headline,
         "psi_by_method": {m: spec.describe(p) for m, p in out.psi.items()},
         "psi_raw_by_method": {m: np.asarray(p).tolist() for m, p in out.psi.items()},
@@ -233,7 +233,7 @@ def train_and_evaluate(
         "timing": out.timing,
         "device": str(jax.devices()[0].device_kind),
     }
-    experiment.write_json(workdir / "results.json", results)
+    run.write_json(workdir / "results.json", results)
     (workdir / PARTIAL).unlink(missing_ok=True)
     draw_figures_from_workdir(workdir)
     log(summary_table(results))
@@ -309,7 +309,7 @@ def evaluate_dir(workdir: str | Path, eval_dir: str, log: Callable[[str], None] 
         car[method], miou[method] = m["car_iou"], m["mean_iou"]
     results["eval_car_iou"], results["eval_mean_iou"] = car, miou
     results["eval"] = {"dir": os.path.abspath(eval_dir), "images": len(data["names"]), "names": list(data["names"])}
-    experiment.write_json(path, results)
+    run.write_json(path, results)
     log(summary_table(results))
     return results
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from absl import app
 
 from experiments import common
-from lts_jax.run import experiment, plots
+from lts_jax import run
+from lts_jax.run import plots
 
 HOOK = "draw_figures_from_workdir"
 
@@ -60,7 +61,7 @@ def redraw(workdir: str | Path) -> list[Path]:
     workdir = Path(workdir)
     if not (workdir / "metrics.jsonl").exists():
         raise PlotError(f"{workdir / 'metrics.jsonl'} does not exist; is --workdir a run's directory?")
-    history = experiment.read_metrics(workdir)
+    history = run.read_metrics(workdir)
     if not history:
         raise PlotError(f"{workdir / 'metrics.jsonl'} holds no iterations yet")
     written = plots.run_figures(history, workdir)

@@ -5,7 +5,7 @@ Flags (any experiment importing this module gets them): ``--model --fcn_width --
 --pretrain_images --pretrain_psi --pretrain_lr --common_train_key --run_dir``.
 
 Each experiment runs several methods (searches) with the same main task model. Every method is one
-``experiment.run_search`` run in its own directory ``RUN_DIR/<method>/`` (metrics.jsonl, TensorBoard
+``run.run_search`` run in its own directory ``RUN_DIR/<method>/`` (metrics.jsonl, TensorBoard
 events, checkpoints, ``best_params.msgpack``); the experiment's ``--workdir`` holds the summary:
 flags.txt, results.json and the paper's figure. ``--run_dir`` defaults to ``--workdir``; point it
 elsewhere when only the summary should travel (a GPU batch job whose output folder is copied back).
@@ -48,10 +48,9 @@ import numpy as np
 from absl import flags
 
 from experiments import common, traffic_common
-from lts_jax import lts
+from lts_jax import lts, run
 from lts_jax.models.segmentation import MODELS
 from lts_jax.optim import OPTIMIZERS, make_optimizer
-from lts_jax.run import experiment
 from lts_jax.tasks import segmentation as seg
 from lts_jax.tasks.trainer import TrainState
 
@@ -359,7 +358,7 @@ def prepare_method_dir(path: Path, overwrite: bool, flag_values: Mapping[str, An
     path = Path(path)
     if overwrite and path.is_dir():
         (path / BEST_PARAMS).unlink(missing_ok=True)
-    return experiment.prepare_workdir(path, overwrite=overwrite, flags=flag_values)
+    return run.prepare_workdir(path, overwrite=overwrite, config=flag_values, ignore=common.RUN_MANAGEMENT_FLAGS)
 
 
 def run_method(
@@ -373,9 +372,9 @@ def run_method(
     spec,
     run_options: Mapping[str, Any],
 ) -> tuple[lts.LTSState, list[dict[str, Any]]]:
-    """Runs one method with experiment.run_search (resumable) and saves its best MTM's params."""
+    """Runs one method with run.run_search (resumable) and saves its best MTM's params."""
     del name
-    state, history = experiment.run_search(
+    state, history = run.run_search(
         step,
         state,
         key,
@@ -526,7 +525,7 @@ def run_methods(
             f"(iteration {row['best_iteration']}), test car IoU {row.get('test_car_iou', float('nan')):.3f}"
         )
         if partial_path is not None:
-            experiment.write_json(partial_path, {**metric_tables(outcome.rows), "timing": outcome.timing})
+            run.write_json(partial_path, {**metric_tables(outcome.rows), "timing": outcome.timing})
     return outcome
 
 

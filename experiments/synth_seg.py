@@ -40,8 +40,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common, seg_common, traffic_common
-from lts_jax import lts, search
-from lts_jax.run import experiment, plots
+from lts_jax import lts, run, search
+from lts_jax.run import plots
 from lts_jax.tasks.segmentation import SegmentationTask
 
 PARTIAL = "results_partial.json"  # the finished methods' tables while the run goes on
@@ -171,7 +171,7 @@ def train_and_evaluate(
         **seg_common.metric_tables(out.rows),
         "max_reward": {m: r["best_val_reward_logged"] for m, r in out.rows.items() if "best_val_reward_logged" in r},
         "late_mean_reward": seg_common.late_mean_reward(out.curves),
-        **(experiment.psi_export(spec, psi_lts) if psi_lts is not None else {}),
+        **(run.psi_export(spec, psi_lts) if psi_lts is not None else {}),
         "psi_val": spec.describe(psi_val),
         "psi_init": spec.describe(psi0),
         "simulator": dict(sim_info),
@@ -187,7 +187,7 @@ def train_and_evaluate(
         "timing": out.timing,
         "device": str(jax.devices()[0].device_kind),
     }
-    experiment.write_json(workdir / "results.json", results)
+    run.write_json(workdir / "results.json", results)
     (workdir / PARTIAL).unlink(missing_ok=True)
     draw_figures_from_workdir(workdir)
     log(summary_table(results))
