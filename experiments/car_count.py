@@ -45,10 +45,12 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+import simulators
 from experiments import common, traffic_common
 from lts_jax import lts, run, search
 from lts_jax.run import plots
 from lts_jax.tasks.counting import COMPUTE_DTYPES, LOSSES, CountingTask
+from simulators.carla import find_no_server_error
 
 NAME = "car_count"
 PSI_REAL = "val"  # the simulator's preset used as psi_real (PAPER.md: fixed, named, documented)
@@ -171,30 +173,44 @@ def make_task(cfg: Config, height: int, width: int) -> CountingTask:
 
 @dataclasses.dataclass
 class Context:
-    """What runs of one process share: simulator, renderer, task, compiled programs, validation and test data."""
+    """What runs of one process share: simulator (rendering the task's data_keys), task, compiled programs,
+    validation and test data, the simulator's description (results.json's "simulator")."""
 
     sim: Any
-    renderer: traffic_common.SceneRenderer
     task: CountingTask
-    programs: traffic_common.Programs
+    programs: lts.Programs
     val: dict
     test: dict
     sim_info: dict
     data_time_s: float = 0.0
 
 
-def make_context(cfg: Config, sim: Any, sim_info: Mapping[str, Any], render_chunk: int) -> Context:
-    """Renders the validation and test sets (psi_real, their own seeds) and builds the task."""
+def make_context(cfg: Config, sim: Any) -> Context:
+    """Renders the validation and test sets (psi_real, their own seeds) and builds the task.
+
+    ``sim``: a traffic scene simulator (``simulators.make("traffic" | "carla", ...)``); only the task's
+    data_keys are rendered. A CARLA pool without servers raises SimulatorUnavailable.
+    """
     t0 = time.perf_counter()
-    renderer = traffic_common.SceneRenderer(sim, render_chunk, CountingTask.data_keys)
+    sim = sim.select(CountingTask.data_keys)
     psi_real = sim.spec.preset(PSI_REAL)
-    val = renderer.sample(jax.random.key(cfg.val_seed), psi_real, cfg.val_size)
-    test = renderer.sample(jax.random.key(cfg.test_seed), psi_real, cfg.test_size)
-    jax.block_until_ready((val, test))
+    try:
+        val = sim.sample_dataset(jax.random.key(cfg.val_seed), psi_real, cfg.val_size)
+        test = sim.sample_dataset(jax.random.key(cfg.test_seed), psi_real, cfg.test_size)
+        jax.block_until_ready((val, test))
+    except Exception as e:
+        _raise_if_unavailable(e, sim, "the validation and test sets were not rendered")
+        raise
     task = make_task(cfg, sim.height, sim.width)
-    info = dict(sim_info)
-    info.setdefault("min_visible_pixels", int(getattr(sim, "min_visible_pixels", 0)) or None)
-    return Context(sim, renderer, task, traffic_common.Programs(), val, test, info, time.perf_counter() - t0)
+    return Context(sim, task, lts.Programs(), val, test, sim.describe(), time.perf_counter() - t0)
+
+
+def _raise_if_unavailable(e: Exception, sim: Any, state: str) -> None:
+    """Raises SimulatorUnavailable (naming the hosts, then ``state``) when ``e``, raised directly or through the
+    host bridge, says that every CARLA server is gone."""
+    err = find_no_server_error(e, sim)
+    if err is not None:
+        raise SimulatorUnavailable(f"{err}; {state}") from e
 
 
 def read_final_psi(workdir: str | Path, spec) -> np.ndarray:
@@ -281,10 +297,8 @@ def run_search(
     servers raises SimulatorUnavailable (run_search has checkpointed the last good iteration).
     """
     k_state, k_run = jax.random.split(key)
-    step = traffic_common.make_step(lts_cfg, ctx.renderer, ctx.task, strategy, ctx.programs)
+    step = lts.make_split_step(lts_cfg, ctx.sim, ctx.task, strategy, programs=ctx.programs)
     state = lts.init_state(lts_cfg, ctx.task, strategy, k_state, psi0)
-    if traffic_common.is_carla(ctx.sim):
-        ctx.sim.connect()
     try:
         _, history = run.run_search(
             step,
@@ -309,12 +323,7 @@ def run_search(
             raise
         return run.read_metrics(workdir), True
     except Exception as e:
-        if traffic_common.is_carla(ctx.sim):
-            from simulators.carla import find_no_server_error
-
-            err = find_no_server_error(e, ctx.sim)
-            if err is not None:
-                raise SimulatorUnavailable(f"{err}; the last good iteration is checkpointed in {workdir}") from e
+        _raise_if_unavailable(e, ctx.sim, f"the last good iteration is checkpointed in {workdir}")
         raise
 
 
@@ -540,10 +549,10 @@ def main() -> None:
     lts_cfg = common.lts_config()
     # The compile cache and the render chunk change how fast a run goes, not what it computes.
     workdir = common.prepare_workdir(also_ignore={"compile_cache_dir", "render_chunk"})
-    sim = traffic_common.make_simulator()
+    sim = simulators.make(**traffic_common.simulator_options())
     strategy = common.make_search(cfg.search, sim.spec)
-    ctx = make_context(cfg, sim, traffic_common.simulator_info(), traffic_common.RENDER_CHUNK.value)
     try:
+        ctx = make_context(cfg, sim)
         results = train_and_evaluate(cfg, lts_cfg, strategy, workdir, ctx)
     except SimulatorUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,7 +20,7 @@ Sub-runs (each a car_count run in WORKDIR/runs/NAME; all with the AMTM unless no
                    trained --big_epochs epochs -> validation and test L1 (and psi_real's own, for scale)
 
 Every sub-run shares one process, one renderer program, one validation and test set and the compiled
-training programs that its configuration allows (experiments/traffic_common.py). A failing sub-run is
+training programs that its configuration allows (lts.make_split_step). A failing sub-run is
 recorded and the others go on; a sub-run whose results.json exists is reused, so re-running the command
 resumes. With --time_budget_s each sub-run gets a share of the remaining time proportional to its planned
 work and stops early when its share is spent (never below --min_iterations); the iterations each run
@@ -50,6 +50,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+import simulators
 from experiments import car_count, common, traffic_common
 from lts_jax import lts, run
 
@@ -232,7 +233,7 @@ def big_data_error(ctx: car_count.Context, psi: np.ndarray, size: int, epochs: i
     """Appendix D: ``size`` images from ``psi`` -> a fresh CNN trained ``epochs`` epochs -> val / test L1."""
     t0 = time.perf_counter()
     k_data, k_init, k_train = jax.random.split(jax.random.fold_in(jax.random.key(seed), 99), 3)
-    data = ctx.renderer.sample(k_data, psi, size)
+    data = ctx.sim.sample_dataset(k_data, psi, size)
     train = ctx.programs.get(
         ("big_train", ctx.task, size, epochs), lambda: jax.jit(lambda s, d, k: ctx.task.train(s, d, k, epochs))
     )
@@ -658,10 +659,7 @@ def main() -> None:
     run.prepare_workdir(workdir, config={**common.shared_flag_values(), "scale": SCALE.value}, ignore={"workdir"})
 
     def make_ctx():
-        sim = traffic_common.make_simulator()
-        return car_count.make_context(
-            plan.base, sim, traffic_common.simulator_info(), traffic_common.RENDER_CHUNK.value
-        )
+        return car_count.make_context(plan.base, simulators.make(**traffic_common.simulator_options()))
 
     summary = run_sweep(plan, workdir, summary_dir, make_ctx)
     print(table_markdown(summary))

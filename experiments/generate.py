@@ -6,9 +6,10 @@ Reads RUN/results.json: the learned psi from "psi_raw" (else, with a warning,
 the last "center" of RUN/metrics.jsonl) and the simulator from "simulator":
 
     "simulator": {"name": "traffic", "height": H, "width": W,
-                  "learn_intersection": false, "min_visible_pixels": 10, "renderer": "traffic"}
-                  (the last three optional; a CARLA-rendered run ("renderer": "carla") is
-                  rendered here by the pure-JAX renderer of the same scene model, with a note)
+                  "learn_intersection": false, "min_visible_pixels": 10}
+                  (a simulator's describe(); the last two optional). A CARLA-rendered run
+                  ({"name": "carla", ...}, or the older {"name": "traffic", "renderer": "carla"})
+                  is rendered here by the pure-JAX renderer of the same scene model, with a note.
 
 Image size: results.json["simulator"]["height"/"width"], else
 results.json["config"]["height"/"width"], else --height/--width.
@@ -57,11 +58,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import simulators
 from lts_jax import run
 
 IMAGE_DIR, LABEL_DIR, CHUNK_DIR = "image_2", "semantic", ".chunks"
 MANIFEST, COUNTS, POINTS = "generate.json", "counts.jsonl", "points.csv"
-SUPPORTED = ("traffic", "gmm")
+SUPPORTED = ("traffic", "carla", "gmm")
 
 
 class GenerateError(RuntimeError):
@@ -107,7 +109,7 @@ def simulator_config(results: Mapping[str, Any], height: int | None = None, widt
     if name not in SUPPORTED:
         raise GenerateError(f"results.json's simulator {name!r} is not supported by generate; supported: {SUPPORTED}")
     sim["name"] = name
-    if name == "traffic":
+    if name in ("traffic", "carla"):
         config = results.get("config") or {}
         for key, fallback, flag in (("height", height, "--height"), ("width", width, "--width")):
             value = sim.get(key, config.get(key, fallback))
@@ -121,26 +123,28 @@ def simulator_config(results: Mapping[str, Any], height: int | None = None, widt
     return sim
 
 
+def make_options(sim: Mapping[str, Any], chunk_size: int) -> dict[str, Any]:
+    """``simulators.make`` options rendering the run's data here: its scene model with the pure-JAX renderer
+    (one compiled renderer call per chunk of examples), or its GMM."""
+    if sim["name"] == "gmm":
+        return {"name": "gmm", "num_gaussians": int(sim["num_gaussians"])}
+    options = {"name": "traffic", "height": sim["height"], "width": sim["width"], "render_chunk": chunk_size}
+    return options | {k: sim[k] for k in ("learn_intersection", "min_visible_pixels") if sim.get(k) is not None}
+
+
+def renderer_of(sim: Mapping[str, Any]) -> str | None:
+    """The renderer a run drew its images with: "carla", "traffic" or None (not recorded; the GMM)."""
+    return "carla" if sim["name"] == "carla" else sim.get("renderer")
+
+
 _SIMULATORS: dict[tuple, Any] = {}
 
 
-def make_simulator(sim: Mapping[str, Any]):
-    """The simulator described by ``sim``; cached, so its compiled sampler is reused across calls."""
-    key = tuple(sorted((k, v) for k, v in sim.items() if isinstance(v, int | float | str | bool | type(None))))
+def _simulator(options: Mapping[str, Any]):
+    # Cached, so that the compiled sampler is reused across calls in one process.
+    key = tuple(sorted(options.items()))
     if key not in _SIMULATORS:
-        if sim["name"] == "traffic":
-            from simulators.traffic import TrafficSimulator
-
-            _SIMULATORS[key] = TrafficSimulator(
-                sim["height"],
-                sim["width"],
-                learn_intersection=bool(sim.get("learn_intersection", False)),
-                min_visible_pixels=sim.get("min_visible_pixels"),
-            )
-        else:
-            from simulators import gmm
-
-            _SIMULATORS[key] = gmm.GMMSimulator(int(sim["num_gaussians"]))
+        _SIMULATORS[key] = simulators.make(**options)
     return _SIMULATORS[key]
 
 
@@ -287,13 +291,14 @@ def generate(
         raise GenerateError(f"--chunk_size={chunk_size} is out of range; accepted: an integer >= 1")
     results = read_run(workdir)
     sim_cfg = simulator_config(results, height, width)
-    if sim_cfg.get("renderer") not in (None, "traffic"):
+    if renderer_of(sim_cfg) not in (None, "traffic"):
         # Same scene model and psi; only the renderer differs (CARLA needs servers, this does not).
         print(
-            f"note: the run rendered with {sim_cfg['renderer']!r}; rendering with the pure-JAX renderer",
+            f"note: the run rendered with {renderer_of(sim_cfg)!r}; rendering with the pure-JAX renderer",
             file=sys.stderr,
         )
-    sim = make_simulator(sim_cfg)
+    options = make_options(sim_cfg, chunk_size)
+    sim = _simulator(options)
     try:
         psi = sim.spec.validate(results["psi_raw"], what=f"{Path(workdir) / 'results.json'} psi_raw")
     except ValueError as e:
@@ -305,12 +310,12 @@ def generate(
         "workdir": str(Path(workdir).absolute()),
         "psi_raw": [float(v) for v in psi],
         "num": int(num),
-        "chunk_size": int(chunk_size) if sim_cfg["name"] == "traffic" else None,
+        "chunk_size": int(chunk_size) if options["name"] == "traffic" else None,
         "seed": int(seed),
         "simulator": sim_cfg,
     }
     prepare_out(out, manifest, overwrite)
-    if sim_cfg["name"] == "traffic":
+    if options["name"] == "traffic":
         summary = render_traffic(sim, psi, out, num, chunk_size, seed, progress)
     else:
         summary = render_gmm(sim, psi, out, num, seed)

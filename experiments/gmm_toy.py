@@ -116,7 +116,7 @@ def train_and_evaluate(cfg: Config, lts_cfg: lts.LTSConfig, search, workdir: Pat
     }
     results = {
         "experiment": "gmm_toy",
-        "simulator": {"name": "gmm", "num_gaussians": cfg.num_gaussians},
+        "simulator": sim.describe(),
         "num_gaussians": cfg.num_gaussians,
         "iterations": int(state.iteration),
         "search": cfg.search,

@@ -54,6 +54,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import simulators
 from experiments import common, seg_common, traffic_common
 from lts_jax import lts, run
 from lts_jax.data import kitti
@@ -140,11 +141,9 @@ def train_and_evaluate(
     mtm_cfg: seg_common.MTMConfig,
     make_search: Callable[[str, Any], Any],
     sim: Any,
-    sim_info: Mapping[str, Any],
     workdir: Path,
     run_dir: Path,
     *,
-    render_chunk: int,
     run_options: Mapping[str, Any],
     flag_values: Mapping[str, Any] | None = None,
     overwrite: bool = False,
@@ -177,12 +176,12 @@ def train_and_evaluate(
 
     key = jax.random.key(cfg.seed)
     k_psi0, k_pre, k_state, k_run, k_real = jax.random.split(key, 5)
-    renderer = traffic_common.SceneRenderer(sim, render_chunk, seg.SegmentationTask.data_keys)
-    programs = traffic_common.Programs()
+    sim = sim.select(seg.SegmentationTask.data_keys)
+    programs = lts.Programs()
     pieces = seg_common.Pieces(seg_common.make_task(mtm_cfg, H, W), xi)
     out = seg_common.Outcome()
     init_path = seg_common.starting_point(
-        mtm_cfg, pieces, renderer, spec, M, k_pre, run_dir, overwrite=overwrite, outcome=out, work=passes, log=log
+        mtm_cfg, pieces, sim, spec, M, k_pre, run_dir, overwrite=overwrite, outcome=out, work=passes, log=log
     )
     task = seg_common.make_task(mtm_cfg, H, W, init_checkpoint=init_path)
     if init_path:
@@ -197,7 +196,7 @@ def train_and_evaluate(
         if method == "real":
             return seg_common.make_real_step(pieces, data["train"], M), seg_common.init_real_state(task, k_real), None
         strategy = make_search(method, spec)
-        step = seg_common.make_step(step_cfg, renderer, task, strategy, programs)
+        step = seg_common.make_step(step_cfg, sim, task, strategy, programs)
         return step, seg_common.init_state(step_cfg, task, strategy, k_state, psi0), strategy
 
     seg_common.run_methods(
@@ -220,7 +219,7 @@ def train_and_evaluate(
         "psi_by_method": {m: spec.describe(p) for m, p in out.psi.items()},
         "psi_raw_by_method": {m: np.asarray(p).tolist() for m, p in out.psi.items()},
         "psi_init": spec.describe(psi0),
-        "simulator": dict(sim_info),
+        "simulator": sim.describe(),
         "curves": out.curves,
         "checkpoints": out.checkpoints,
         "config": {
@@ -394,7 +393,7 @@ def main() -> None:
     lts_cfg = common.lts_config()
     mtm_cfg = seg_common.mtm_config_from_flags()
     workdir = common.prepare_workdir()
-    sim = traffic_common.make_simulator()
+    sim = simulators.make(**traffic_common.simulator_options())
     try:
         train_and_evaluate(
             cfg,
@@ -402,10 +401,8 @@ def main() -> None:
             mtm_cfg,
             common.make_search,
             sim,
-            traffic_common.simulator_info(),
             workdir,
             seg_common.run_dir(workdir),
-            render_chunk=traffic_common.RENDER_CHUNK.value,
             run_options=common.run_options(),
             flag_values=common.shared_flag_values(),
             overwrite=common.OVERWRITE.value,

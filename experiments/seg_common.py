@@ -10,7 +10,7 @@ events, checkpoints, ``best_params.msgpack``); the experiment's ``--workdir`` ho
 flags.txt, results.json and the paper's figure. ``--run_dir`` defaults to ``--workdir``; point it
 elsewhere when only the summary should travel (a GPU batch job whose output folder is copied back).
 
-How the methods share compiled programs. The renderer is compiled once (traffic_common.SceneRenderer),
+How the methods share compiled programs. The renderer is compiled once (the simulator's render_batches),
 and :func:`make_step` is ``lts.make_split_step`` (the split iteration) keeping the best MTM of the run
 (keep_best_mtm: its params, the validation reward that chose it, its iteration), so the training +
 validation program is compiled once per (task, K, M, xi) and shared by every method; only the search's
@@ -51,6 +51,7 @@ from experiments import common, traffic_common
 from lts_jax import lts, run
 from lts_jax.models.segmentation import MODELS
 from lts_jax.optim import OPTIMIZERS, make_optimizer
+from lts_jax.simulator import SceneSimulator
 from lts_jax.tasks import segmentation as seg
 from lts_jax.tasks.trainer import TrainState
 
@@ -241,7 +242,7 @@ def init_state(config: lts.LTSConfig, task: seg.SegmentationTask, search: Any, k
 
 def make_step(
     config: lts.LTSConfig,
-    renderer: traffic_common.SceneRenderer,
+    sim: SceneSimulator,
     task: seg.SegmentationTask,
     search: Any,
     programs: lts.Programs,
@@ -254,12 +255,12 @@ def make_step(
     """
     if config.retain_mtm or not config.keep_best_mtm:
         raise ValueError("the segmentation experiments keep the best MTM, not an AMTM: set keep_best_mtm only")
-    return lts.make_split_step(config, renderer, task, search, programs=programs, best_fn=best_params)
+    return lts.make_split_step(config, sim, task, search, programs=programs, best_fn=best_params)
 
 
 def pretrain(
     pieces: Pieces,
-    renderer: traffic_common.SceneRenderer,
+    sim: SceneSimulator,
     psi,
     num_images: int,
     chunk: int,
@@ -280,7 +281,7 @@ def pretrain(
     t0 = t1 = time.perf_counter()
     for r in range(rounds):
         k_data, k_train = jax.random.split(jax.random.fold_in(k_run, r))
-        data = renderer.sample(k_data, psi, chunk)
+        data = sim.sample_dataset(k_data, psi, chunk)
         state = pieces.train(state, arrays(data), k_train)
         if r == 0 or (r + 1) % max(1, rounds // 4) == 0 or r + 1 == rounds:
             loss = float(state.train_loss)
@@ -439,7 +440,7 @@ class Outcome:
 def starting_point(
     mtm_cfg: MTMConfig,
     pieces: Pieces,
-    renderer: traffic_common.SceneRenderer,
+    sim: SceneSimulator,
     spec,
     chunk: int,
     key: jax.Array,
@@ -466,7 +467,7 @@ def starting_point(
     n = mtm_cfg.pretrain_images
     log(f"pretraining the starting MTM on {n} simulated images (psi: {mtm_cfg.pretrain_psi}) ...")
     init_task = make_task(mtm_cfg, pieces.task.height, pieces.task.width, pretraining=True)
-    state, rate = pretrain(pieces, renderer, spec.initial(mtm_cfg.pretrain_psi), n, chunk, key, log, init_task)
+    state, rate = pretrain(pieces, sim, spec.initial(mtm_cfg.pretrain_psi), n, chunk, key, log, init_task)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     seg.save_params(path, jax.device_get(state.params))
     outcome.timing["pretrain_s"] = time.perf_counter() - t0

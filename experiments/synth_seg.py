@@ -39,6 +39,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import simulators
 from experiments import common, seg_common, traffic_common
 from lts_jax import lts, run, search
 from lts_jax.run import plots
@@ -90,11 +91,9 @@ def train_and_evaluate(
     mtm_cfg: seg_common.MTMConfig,
     make_search: Callable[[str, Any], Any],
     sim: Any,
-    sim_info: Mapping[str, Any],
     workdir: Path,
     run_dir: Path,
     *,
-    render_chunk: int,
     run_options: Mapping[str, Any],
     flag_values: Mapping[str, Any] | None = None,
     overwrite: bool = False,
@@ -125,20 +124,20 @@ def train_and_evaluate(
 
     key = jax.random.key(cfg.seed)
     k_psi0, k_pre, k_state, k_run = jax.random.split(key, 4)
-    renderer = traffic_common.SceneRenderer(sim, render_chunk, SegmentationTask.data_keys)
+    sim = sim.select(SegmentationTask.data_keys)
     t0 = time.perf_counter()
     data = {
-        "val": renderer.sample(jax.random.key(cfg.val_images_seed), psi_val, cfg.val_images),
-        "test": renderer.sample(jax.random.key(cfg.test_images_seed), psi_val, cfg.test_images),
+        "val": sim.sample_dataset(jax.random.key(cfg.val_images_seed), psi_val, cfg.val_images),
+        "test": sim.sample_dataset(jax.random.key(cfg.test_images_seed), psi_val, cfg.test_images),
     }
     jax.block_until_ready(data)
     log(f"  rendered the val and test images in {seg_common.fmt_time(time.perf_counter() - t0)} (compilation included)")
-    programs = traffic_common.Programs()
+    programs = lts.Programs()
     pieces = seg_common.Pieces(seg_common.make_task(mtm_cfg, H, W), xi)
     out = seg_common.Outcome()
     out.timing["data_s"] = time.perf_counter() - t0
     init_path = seg_common.starting_point(
-        mtm_cfg, pieces, renderer, spec, M, k_pre, run_dir, overwrite=overwrite, outcome=out, work=passes, log=log
+        mtm_cfg, pieces, sim, spec, M, k_pre, run_dir, overwrite=overwrite, outcome=out, work=passes, log=log
     )
     task = seg_common.make_task(mtm_cfg, H, W, init_checkpoint=init_path)
     if init_path:
@@ -154,7 +153,7 @@ def train_and_evaluate(
             strategy, start_psi = search.FixedSearch(spec), psi_val
         else:
             strategy, start_psi = make_search(method, spec), psi0
-        step = seg_common.make_step(step_cfg, renderer, task, strategy, programs)
+        step = seg_common.make_step(step_cfg, sim, task, strategy, programs)
         return step, seg_common.init_state(step_cfg, task, strategy, k_state, start_psi), strategy
 
     seg_common.run_methods(
@@ -174,7 +173,7 @@ def train_and_evaluate(
         **(run.psi_export(spec, psi_lts) if psi_lts is not None else {}),
         "psi_val": spec.describe(psi_val),
         "psi_init": spec.describe(psi0),
-        "simulator": dict(sim_info),
+        "simulator": sim.describe(),
         "curves": out.curves,
         "checkpoints": out.checkpoints,
         "config": {
@@ -278,17 +277,15 @@ def main() -> None:
     lts_cfg = common.lts_config()
     mtm_cfg = seg_common.mtm_config_from_flags()
     workdir = common.prepare_workdir()
-    sim = traffic_common.make_simulator()
+    sim = simulators.make(**traffic_common.simulator_options())
     train_and_evaluate(
         cfg,
         lts_cfg,
         mtm_cfg,
         common.make_search,
         sim,
-        traffic_common.simulator_info(),
         workdir,
         seg_common.run_dir(workdir),
-        render_chunk=traffic_common.RENDER_CHUNK.value,
         run_options=common.run_options(),
         flag_values=common.shared_flag_values(),
         overwrite=common.OVERWRITE.value,

@@ -1,35 +1,25 @@
-"""What the traffic experiments share: simulator flags, the simulator, data rendering, a split step.
+"""What the traffic experiments share: the simulator flags and their translation into simulator options.
 
 Flags (any experiment importing this module gets them): ``--height --width --simulator=traffic|carla
 --carla_hosts --learn_intersection --render_chunk --compile_cache_dir``.
 
-Why a split step. The pure-JAX renderer is a large program: compiling it takes ~25 CPU-seconds, about
-4 times the counting CNN's training and evaluation together (measured at 24x80, jax 0.10.2 CPU). Inside
-``lts.make_step`` it is compiled again for every distinct configuration (M, xi, search strategy, with or
-without test data), and a sweep has a dozen of them. :func:`make_step` runs the same iteration as
-``lts.make_step`` (same keys, same order, same metrics) as a few jitted programs that are cached in a
-``lts.Programs`` object and shared by every run that can share them (``lts.make_split_step``; a
-:class:`SceneRenderer` is its two-stage source):
-
-    ask (per search)  ->  scene sampling (per K, M)  ->  rendering (ONE program, fixed chunk of images)
-      ->  MTM training + validation (per task, K, M, xi)  ->  tell (per search)  ->  test evaluation (per K)
-
-The step it returns has ``lts.make_step``'s signature, so ``lts.run_loop`` / ``experiment.run_search``
-drive it unchanged. A CARLA simulator renders on the host (no compilation); it plugs in the same way.
+:func:`simulator_options` turns them into the options of ``simulators.make``; the experiments build
+their simulator with ``simulators.make(**traffic_common.simulator_options())`` and run it with
+``lts.make_split_step``, whose pieces are compiled once per configuration and shared by every run of
+a process (the traffic renderer takes ~25 CPU-seconds to compile; its ``render_batches`` runs chunks
+of ``--render_chunk`` scenes of one compiled program). A CARLA simulator renders through the host
+bridge; it plugs in the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from experiments import common
-from lts_jax import lts
 from lts_jax.params import ParamSpec
 
 SIMULATORS = ("traffic", "carla")
@@ -81,126 +71,14 @@ def setup_compile_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def simulator_info() -> dict[str, Any]:
-    """What results.json records so that a data set can be re-rendered (experiments/generate.py)."""
-    # The scene model is the traffic simulator's whichever renderer drew it; "renderer" says which.
-    return {
-        "name": "traffic",
-        "renderer": SIMULATOR.value,
-        "height": HEIGHT.value,
-        "width": WIDTH.value,
-        "learn_intersection": LEARN_INTERSECTION.value,
-    }
-
-
-def make_simulator(
-    name: str | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    *,
-    learn_intersection: bool | None = None,
-    carla_hosts: str | None = None,
-    **carla_kw: Any,
-):
-    """The simulator named by the flags (arguments override them).
-
-    ``traffic``: :class:`simulators.traffic.TrafficSimulator`. ``carla``: the same scene model rendered by
-    CARLA servers (``simulators.carla.make_simulator``); it does not connect yet (call ``sim.connect()``
-    before the first iteration, as the experiments do).
-    """
-    from simulators.traffic import TrafficSimulator
-
-    name = name or SIMULATOR.value
-    height = HEIGHT.value if height is None else height
-    width = WIDTH.value if width is None else width
-    learn = LEARN_INTERSECTION.value if learn_intersection is None else learn_intersection
-    traffic = TrafficSimulator(height, width, learn_intersection=learn)
-    if name == "traffic":
-        return traffic
-    if name == "carla":
-        from simulators import carla
-
-        return carla.make_simulator(carla_hosts or CARLA_HOSTS.value, height, width, traffic=traffic, **carla_kw)
-    raise ValueError(f"unknown simulator {name!r}; choose one of {SIMULATORS}")
-
-
-def is_carla(sim: Any) -> bool:
-    return hasattr(sim, "render_batch") and hasattr(sim, "pool")
-
-
-Programs = lts.Programs  # the compiled-piece cache of lts.make_split_step
-
-
-class SceneRenderer:
-    """Scenes -> data, in fixed-size chunks of one compiled renderer (or on CARLA's servers).
-
-    Args:
-      sim: a TrafficSimulator (``sample_scenes`` and a jittable ``render``) or a CarlaSimulator
-        (host ``render_batch``).
-      chunk: images per renderer call; smaller data sets are padded, larger ones split.
-      keys: the outputs kept (e.g. ``("image", "counts")`` for counting); the rest is never copied.
-    """
-
-    def __init__(self, sim: Any, chunk: int, keys: Sequence[str]):
-        if chunk < 1:
-            raise ValueError(f"render chunk must be >= 1, got {chunk}")
-        self.sim, self.chunk, self.keys = sim, int(chunk), tuple(keys)
-        self.carla = is_carla(sim)
-        self._scene_fns: dict[int, Callable] = {}
-        if self.carla:
-            from simulators.carla.simulator import OPTIONAL_SCENE_KEYS, SCENE_KEYS
-
-            self._scene_keys = SCENE_KEYS + OPTIONAL_SCENE_KEYS
-        else:
-            self._render = jax.jit(lambda scenes: {k: v for k, v in sim.render(scenes).items() if k in self.keys})
-
-    @property
-    def spec(self) -> ParamSpec:
-        return self.sim.spec
-
-    def sample_scenes(self, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
-        """Scene descriptions (jittable, vmappable over key and psi)."""
-        traffic = self.sim.traffic if self.carla else self.sim
-        return traffic.sample_scenes(key, psi, num)
-
-    def render(self, scenes: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        """Scenes with a leading axis N -> ``{key: [N, ...]}``. Host-level (dispatches compiled chunks)."""
-        n = int(jax.tree_util.tree_leaves(scenes)[0].shape[0])
-        if self.carla:
-            host = {k: np.asarray(v)[None] for k, v in scenes.items() if k in self._scene_keys}
-            out = self.sim.render_batch(host)
-            return {k: jnp.asarray(out[k][0]) for k in self.keys}
-        parts = []
-        for start in range(0, n, self.chunk):
-            stop = min(start + self.chunk, n)
-            if stop - start == self.chunk:
-                piece = jax.tree_util.tree_map(lambda x, a=start, b=stop: x[a:b], scenes)
-            else:  # pad the last chunk by repeating its last scene; the padding is dropped below
-                idx = np.minimum(np.arange(start, start + self.chunk), n - 1)
-                piece = jax.tree_util.tree_map(lambda x, i=idx: jnp.take(x, i, axis=0), scenes)
-            out = self._render(piece)
-            parts.append(jax.tree_util.tree_map(lambda x, m=stop - start: x[:m], out))
-        if len(parts) == 1:
-            return parts[0]
-        return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
-
-    def sample(self, key: jax.Array, psi, num: int) -> dict[str, jax.Array]:
-        """A data set of ``num`` examples from one psi [dim] (host-level; e.g. validation and test sets)."""
-        if num not in self._scene_fns:
-            self._scene_fns[num] = jax.jit(lambda k, p: self.sample_scenes(k, p, num))
-        return self.render(self._scene_fns[num](key, jnp.asarray(psi, jnp.float32)))
-
-
-def make_step(
-    config: lts.LTSConfig,
-    renderer: SceneRenderer,
-    task: Any,
-    search: Any,
-    programs: lts.Programs | None = None,
-    **kw: Any,
-) -> Callable[..., tuple[lts.LTSState, dict[str, jax.Array]]]:
-    """``lts.make_split_step`` over the chunked renderer (see the module docstring); ``kw`` as there."""
-    return lts.make_split_step(config, renderer, task, search, programs=programs, **kw)
+def simulator_options() -> dict[str, Any]:
+    """The flags as ``simulators.make`` options: ``{"name": "traffic", "height", "width",
+    "learn_intersection", "render_chunk"}``, or for ``--simulator=carla`` ``{"name": "carla", "hosts",
+    "height", "width", "learn_intersection"}``. Call :func:`validate` first."""
+    options = {"height": HEIGHT.value, "width": WIDTH.value, "learn_intersection": LEARN_INTERSECTION.value}
+    if SIMULATOR.value == "carla":
+        return {"name": "carla", "hosts": CARLA_HOSTS.value, **options}
+    return {"name": "traffic", **options, "render_chunk": RENDER_CHUNK.value}
 
 
 def initial_psi(spec: ParamSpec, how: str, key: jax.Array, min_prob: float = 0.0) -> np.ndarray:

@@ -36,7 +36,7 @@ from flax import struct
 
 from lts_jax import parallel
 from lts_jax.search import SearchStrategy
-from lts_jax.simulator import Simulator
+from lts_jax.simulator import SceneSimulator, Simulator
 from lts_jax.tasks import Task
 
 
@@ -268,6 +268,10 @@ def make_step(
 ) -> Callable[..., tuple[LTSState, dict[str, jax.Array]]]:
     """Returns the jitted ``step(state, key, val_data, test_data=None) -> (state, metrics)``.
 
+    ``simulator.sample`` runs vmapped over the K candidates inside the one jit; for a
+    :class:`lts_jax.simulator.SceneSimulator` that is ``render(sample_scenes(...))``, and a host
+    renderer (:func:`lts_jax.host.host_renderer`) is called once per iteration with all K x M scenes.
+
     ``val_data`` / ``test_data`` are the task's evaluation data (dicts of arrays);
     they are arguments, not constants, so large validation sets are not baked
     into the compiled program. Passing ``test_data`` also evaluates the K MTMs
@@ -287,7 +291,7 @@ def make_step(
 
 def make_split_step(
     config: LTSConfig,
-    source: Any,
+    simulator: SceneSimulator,
     task: Task,
     search: SearchStrategy,
     *,
@@ -300,33 +304,36 @@ def make_split_step(
     compiled again inside :func:`make_step` for every configuration (M, xi, search,
     with or without test data); a sweep has a dozen. Here the pieces
 
-        ask (per search) -> sample (per K, M) -> render (host-level, the source's own)
+        ask (per search) -> sample_scenes (per K, M) -> simulator.render_batches (host-level)
           -> learn: train K + validate + AMTM + best MTM (per task, K, M, xi) -> tell -> test
 
     are compiled once per distinct configuration and shared through ``programs``
-    by every run of a process. ``source`` is a two-stage simulator: ``spec``,
-    ``sample_scenes(key, psi, num)`` (jittable, vmappable) and ``render(scenes)``
-    (host-level: takes scenes with one leading axis of K * M and returns the data;
-    e.g. fixed-size chunks of one compiled renderer, or CARLA servers). The step has
-    :func:`make_step`'s signature, keys and metrics (tested equal); it is not jitted
-    as a whole.
+    by every run of a process. ``simulator`` is a :class:`lts_jax.simulator.SceneSimulator`,
+    the same object :func:`make_step` takes: its ``sample_scenes`` is compiled here and its
+    ``render_batches`` renders all K x M scenes of an iteration at once (the default: one
+    jitted ``render``, a host renderer running through the bridge; the traffic simulator:
+    fixed-size chunks of one compiled renderer). The step has :func:`make_step`'s signature,
+    keys and metrics (tested equal); it is not jitted as a whole.
     """
-    _check_dims(search, source.spec)
+    missing = [name for name in ("spec", "sample_scenes", "render_batches") if not hasattr(simulator, name)]
+    if missing:
+        raise TypeError(f"make_split_step needs a SceneSimulator (lts_jax.simulator); {simulator!r} lacks {missing}")
+    _check_dims(search, simulator.spec)
     programs = programs or Programs()
     c = config
     K, M = c.num_candidates, c.dataset_size
-    p = _Phases(config, source.sample_scenes, task, search, best_fn)
+    p = _Phases(config, simulator.sample_scenes, task, search, best_fn)
     learn_key = ("learn", task, best_fn, K, M, c.mtm_epochs, p.train_strategy, p.eval_strategy, c.common_mtm_init,
                  c.common_train_key, c.retain_mtm, c.keep_best_mtm)  # fmt: skip
     ask = programs.get(("ask", search, K), lambda: jax.jit(p.ask))
-    sample = programs.get(("sample", source, K, M, c.common_sim_key), lambda: jax.jit(p.sample))
+    sample = programs.get(("sample", simulator, K, M, c.common_sim_key), lambda: jax.jit(p.sample))
     learn = programs.get(learn_key, lambda: jax.jit(p.learn))
     tell = programs.get(("tell", search), lambda: jax.jit(p.tell))
     test = programs.get(("test", task, K, p.eval_strategy, c.retain_mtm), lambda: jax.jit(p.test))
 
     def render(scenes):
         flat = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), scenes)
-        return jax.tree_util.tree_map(lambda x: x.reshape((K, M, *x.shape[1:])), source.render(flat))
+        return jax.tree_util.tree_map(lambda x: x.reshape((K, M, *x.shape[1:])), simulator.render_batches(flat))
 
     return _assemble(p, ask, sample, render, learn, tell, test)
 

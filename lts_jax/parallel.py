@@ -33,7 +33,7 @@ What a task declares (:class:`lts_jax.tasks.Task`; None by default in
 
 - ``required_strategy``: the only strategy the task runs correctly or sensibly
   with; it replaces whatever the caller asked for. A host-backed task
-  (scikit-learn through :func:`lts_jax.simulator.host_call`) requires ``"vmap"``
+  (scikit-learn through :func:`lts_jax.host.host_call`) requires ``"vmap"``
   so that the bridge sees all K candidates in one host call.
 - ``preferred_strategy``: what ``auto`` resolves to for this task (an explicit
   strategy from the caller still wins). :data:`AUTO` was measured on the

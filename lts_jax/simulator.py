@@ -1,21 +1,29 @@
-"""The Simulator protocol and the host bridge.
+"""The simulator protocols: a Simulator, and a two-stage SceneSimulator with a declared output spec.
 
-A simulator maps psi to a labelled data set (PAPER.md, "The simulator
-interface"). Pure-JAX simulators implement :class:`Simulator` directly; NumPy,
-Python or remote simulators (CARLA) and host-side tasks (scikit-learn) go
-through :func:`host_call`, the only place in the library that calls
-``jax.pure_callback``.
+A simulator maps psi to a labelled data set (PAPER.md, "The simulator interface"):
 
-The bridge is batched: the wrapped host function always receives arguments with
-one leading batch axis ``[B, ...]`` and returns results with the same leading
-axis. Under ``jax.vmap`` over K candidates it is called ONCE with ``B = K``
-(``vmap_method="expand_dims"``); outside ``vmap`` it is called with ``B = 1``.
-Nested ``vmap`` axes are flattened into ``B`` and restored afterwards.
+- :class:`Simulator`: ``spec`` and ``sample(key, psi, num) -> {name: [num, ...]}``, jittable and
+  vmappable over ``(key, psi)``. Pure JAX, or a host simulator through the bridge
+  (:class:`lts_jax.host.HostSimulator`).
+- :class:`SceneSimulator`: the same in two stages, ``G = R(S(psi))``:
+  ``sample_scenes(key, psi, num)`` (S and P: pure JAX, ancestral sampling) and ``render(scenes)``
+  (R: pure JAX, or a host renderer through the bridge, :func:`lts_jax.host.host_renderer`).
+  ``outputs`` declares what ``render`` returns (name -> per-example :class:`Field`), so a host
+  renderer's result shapes are known before it runs, and it lists only the outputs kept (a
+  counting run keeps image and counts; labels are never copied). ``render_batches(scenes)`` is
+  the host-level renderer of ``lts.make_split_step``: scenes with one leading axis ``N`` (all K x M
+  of an iteration) -> outputs ``[N, ...]``; a simulator whose renderer takes long to compile
+  overrides it (fixed-size chunks of one compiled renderer, simulators/traffic).
+
+:class:`SceneSimulatorBase` gives the defaults: ``sample = render . sample_scenes``;
+``render_batches`` = one jitted ``render``; ``sample_dataset`` (host-level: one data set from one
+psi, e.g. validation sets).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -25,9 +33,39 @@ import numpy as np
 from lts_jax.params import ParamSpec
 
 
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One output of a simulator: shape and dtype of ONE example (no leading axis)."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+    def struct(self, *lead: int) -> jax.ShapeDtypeStruct:
+        """``jax.ShapeDtypeStruct`` of ``lead + shape`` (e.g. ``struct(num)`` for a data set)."""
+        return jax.ShapeDtypeStruct((*lead, *self.shape), self.dtype)
+
+
+OutputSpec = Mapping[str, Field]
+
+
+def select_outputs(outputs: OutputSpec, keys: Any = None) -> dict[str, Field]:
+    """``outputs`` restricted to ``keys`` (in that order; None: all); ValueError naming unknown keys."""
+    if keys is None:
+        return dict(outputs)
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    unknown = [k for k in keys if k not in outputs]
+    if unknown or not keys:
+        raise ValueError(f"outputs {list(keys)}: choose a non-empty subset of {list(outputs)}")
+    return {k: outputs[k] for k in keys}
+
+
 @runtime_checkable
 class Simulator(Protocol):
-    """What the algorithm needs from a simulator.
+    """What ``lts.make_step`` needs from a simulator.
 
     ``sample(key, psi, num)`` takes one typed key, one psi [spec.dim] and a static
     ``num``; it returns a dict of arrays with leading axis ``num``. It must be
@@ -39,90 +77,61 @@ class Simulator(Protocol):
     def sample(self, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]: ...
 
 
-def key_to_seed(key: jax.Array) -> jax.Array:
-    """A uint32 seed derived from a typed key, for host code that takes seeds."""
-    return jax.random.bits(key, (), jnp.uint32)
+@runtime_checkable
+class SceneSimulator(Simulator, Protocol):
+    """A two-stage simulator, ``sample(key, psi, num) = render(sample_scenes(key, psi, num))``.
 
+    ``lts.make_step`` runs ``sample`` inside its one jit; ``lts.make_split_step`` runs
+    ``sample_scenes`` (compiled) and then ``render_batches`` on all K x M scenes of the iteration.
 
-def host_call(
-    fn: Callable[..., Any],
-    result_shapes: Any,
-    *args: Any,
-) -> Any:
-    """Calls a batched host function from jitted / vmapped code.
-
-    Args:
-      fn: a host function ``fn(*args) -> results`` where every argument and
-        result leaf has one leading batch axis ``[B, ...]``. It receives NumPy
-        arrays and must return NumPy arrays (or scalars convertible to them) of
-        the declared shapes. Not jittable itself; the bridge runs it on the host.
-      result_shapes: pytree of ``jax.ShapeDtypeStruct`` for ONE example (no batch
-        axis).
-      *args: pytrees of arrays for ONE example (no batch axis) at trace time.
-
-    Returns:
-      the results for one example (or batched, under vmap).
-    """
-    flat_args, args_tree = jax.tree_util.tree_flatten(args)
-    core_ndims = [jnp.ndim(a) for a in flat_args]
-    flat_res_shapes, res_tree = jax.tree_util.tree_flatten(result_shapes)
-
-    def _host(*flat):
-        flat = [np.asarray(a) for a in flat]
-        leads = [a.shape[: a.ndim - nd] for a, nd in zip(flat, core_ndims)]
-        batch_shape = np.broadcast_shapes(*leads) if leads else ()
-        size = int(np.prod(batch_shape, dtype=np.int64))
-        batched = [
-            np.broadcast_to(a, batch_shape + a.shape[a.ndim - nd :]).reshape((size,) + a.shape[a.ndim - nd :])
-            for a, nd in zip(flat, core_ndims)
-        ]
-        results = fn(*jax.tree_util.tree_unflatten(args_tree, batched))
-        flat_results = res_tree.flatten_up_to(results)
-        out = []
-        for r, spec in zip(flat_results, flat_res_shapes):
-            r = np.asarray(r, dtype=spec.dtype)
-            if r.shape != (size, *spec.shape):
-                raise ValueError(
-                    f"host function {getattr(fn, '__name__', fn)} returned shape {r.shape}; "
-                    f"expected {(size, *spec.shape)} (batch {size} x declared {tuple(spec.shape)})"
-                )
-            out.append(r.reshape(batch_shape + tuple(spec.shape)))
-        return out
-
-    # The callback sees the vmapped axes as added leading axes ("expand_dims"),
-    # so one call serves all K candidates.
-    out_specs = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in flat_res_shapes]
-    flat_out = jax.pure_callback(_host, out_specs, *flat_args, vmap_method="expand_dims")
-    return jax.tree_util.tree_unflatten(res_tree, flat_out)
-
-
-class HostSimulator:
-    """Wraps a NumPy / Python simulator so it runs inside ``jit`` and ``vmap``.
-
-    Args:
-      spec: the simulator's ParamSpec.
-      sample_fn: host function ``sample_fn(seeds: uint32 [B], psi: float32 [B, dim],
-        num: int) -> {name: array [B, num, ...]}``. It is called once per policy
-        iteration with all K candidates. Not jittable.
-      output_shapes: ``{name: (shape per example, dtype)}`` declaring the outputs.
+    Attributes:
+      spec: the ParamSpec of psi.
+      outputs: ``{name: Field}``, what ``render`` returns per example (exactly these keys).
     """
 
-    def __init__(
-        self,
-        spec: ParamSpec,
-        sample_fn: Callable[[np.ndarray, np.ndarray, int], Mapping[str, np.ndarray]],
-        output_shapes: Mapping[str, tuple[tuple[int, ...], Any]],
-    ):
-        self.spec = spec
-        self.sample_fn = sample_fn
-        self.output_shapes = dict(output_shapes)
+    spec: ParamSpec
+    outputs: OutputSpec
+
+    def sample_scenes(self, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
+        """Scene descriptions for one psi [dim], leading axis ``num``. Pure JAX, vmappable."""
+        ...
+
+    def render(self, scenes: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Scenes with a leading axis -> ``outputs`` with that axis. Jittable and vmappable
+        (pure JAX, or a host renderer through the bridge)."""
+        ...
+
+    def render_batches(self, scenes: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Host-level: scenes with ONE leading axis N -> outputs ``[N, ...]``. Not jitted by the caller."""
+        ...
+
+
+def _jit_cache(obj: Any) -> dict:
+    return obj.__dict__.setdefault("_compiled", {})
+
+
+class SceneSimulatorBase:
+    """Defaults of :class:`SceneSimulator`; a subclass sets ``spec`` and ``outputs`` and defines
+    ``sample_scenes`` and ``render``."""
+
+    spec: ParamSpec
+    outputs: OutputSpec
 
     def sample(self, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
-        shapes = {
-            name: jax.ShapeDtypeStruct((num, *shape), dtype) for name, (shape, dtype) in self.output_shapes.items()
-        }
+        """``render(sample_scenes(key, psi, num))``: ``{name: [num, *field.shape]}``. Jittable."""
+        return self.render(self.sample_scenes(key, psi, num))
 
-        def _host(seeds, psi_b):
-            return dict(self.sample_fn(seeds, psi_b, num))
+    def render_batches(self, scenes: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Host-level: scenes [N, ...] -> outputs [N, ...] with one jitted ``render`` (compiled per N)."""
+        cache = _jit_cache(self)
+        if "render" not in cache:
+            cache["render"] = jax.jit(self.render)
+        return cache["render"](scenes)
 
-        return host_call(_host, shapes, key_to_seed(key), jnp.asarray(psi, jnp.float32))
+    def sample_dataset(self, key: jax.Array, psi: Any, num: int) -> dict[str, jax.Array]:
+        """Host-level: a data set of ``num`` examples from one concrete psi [dim] (validation and test
+        sets, pretraining): compiled ``sample_scenes``, then ``render_batches``. Not jittable."""
+        cache = _jit_cache(self)
+        if ("scenes", num) not in cache:
+            cache["scenes", num] = jax.jit(lambda k, p: self.sample_scenes(k, p, num))
+        return self.render_batches(cache["scenes", num](key, jnp.asarray(psi, jnp.float32)))

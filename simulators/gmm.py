@@ -78,11 +78,16 @@ def sample_mixture(key: jax.Array, means: jax.Array, variances: jax.Array, num: 
 
 
 class GMMSimulator:
-    """q(x, y | psi): n Gaussians per class, means and variances from psi. Pure JAX."""
+    """q(x, y | psi): n Gaussians per class, means and variances from psi. Pure JAX (a Simulator;
+    registry name "gmm")."""
 
     def __init__(self, num_gaussians: int = 2):
         self.num_gaussians = int(num_gaussians)
         self.spec = make_spec(self.num_gaussians)
+
+    def describe(self) -> dict:
+        """What results.json records to rebuild it: ``simulators.make(**sim.describe())``."""
+        return {"name": "gmm", "num_gaussians": self.num_gaussians}
 
     def mixture(self, psi: jax.Array) -> tuple[jax.Array, jax.Array]:
         """psi [dim] -> (means, variances), each [2, n, 2]."""

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import car_count_sweep, traffic_common
+from experiments import car_count_sweep
 from lts_jax import lts
 from lts_jax.params import ParamSpec, bernoulli, categorical
 from lts_jax.search import policy
+from lts_jax.simulator import Field, SceneSimulatorBase
 from lts_jax.tasks import TaskBase
 from lts_jax.tasks.counting import CountingTask, l1_per_type
 
@@ -69,11 +70,16 @@ def test_counting_metric_is_l1_averaged_over_types():
 
 
 # ----- the split step equals lts.make_step ------------------------------------------------------------------------
-class BoxesSimulator:
-    """A cheap stand-in with the traffic simulator's split interface: scenes are car slots of 5 types,
+class BoxesSimulator(SceneSimulatorBase):
+    """A cheap scene simulator in the traffic simulator's shape: scenes are car slots of 5 types,
     rendering paints each present car as a coloured box; counts per type."""
 
     height, width = 16, 16
+    outputs = {
+        "image": Field((16, 16, 3), np.uint8),
+        "counts": Field((5,), np.int32),
+        "label": Field((16, 16), np.uint8),
+    }
 
     def __init__(self):
         self.spec = ParamSpec([bernoulli("car_presence"), categorical("car_type", 5)])
@@ -92,9 +98,6 @@ class BoxesSimulator:
         image = image + jnp.repeat(colour, 2, axis=1)[:, :, None, :].astype(jnp.uint8)  # slot b -> rows 2b, 2b+1
         counts = jnp.stack([jnp.sum(present & (kind == t), axis=1) for t in range(5)], axis=1).astype(jnp.int32)
         return {"image": image, "counts": counts, "label": image[..., 0]}
-
-    def sample(self, key, psi, num):
-        return self.render(self.sample_scenes(key, psi, num))
 
 
 class LinearCountTask(TaskBase):
@@ -131,12 +134,11 @@ def test_split_step_equals_lts_make_step():
     task = LinearCountTask()
     pol = policy.GaussianPolicy(sim.spec, learning_rate=0.1)
     config = lts.LTSConfig(num_candidates=3, dataset_size=6, mtm_epochs=2, retain_mtm=True, train_strategy="map")
-    renderer = traffic_common.SceneRenderer(sim, chunk=5, keys=("image", "counts"))  # 18 scenes: 4 chunks, padded
-    val = renderer.sample(jax.random.key(10), sim.spec.zeros(), 12)
-    test = renderer.sample(jax.random.key(11), sim.spec.zeros(), 7)
+    val = sim.sample_dataset(jax.random.key(10), sim.spec.zeros(), 12)
+    test = sim.sample_dataset(jax.random.key(11), sim.spec.zeros(), 7)
     np.testing.assert_array_equal(val["counts"], sim.sample(jax.random.key(10), sim.spec.zeros(), 12)["counts"])
     fused = lts.make_step(config, sim, task, pol)
-    split = traffic_common.make_step(config, renderer, task, pol, traffic_common.Programs())
+    split = lts.make_split_step(config, sim, task, pol, programs=lts.Programs())
     s0 = lts.init_state(config, task, pol, jax.random.key(0), np.full(sim.spec.dim, 0.3, np.float32))
     a, b = s0, s0
     for i in range(2):
@@ -283,28 +285,28 @@ class FlakySession:
 
 
 def test_carla_renderer_and_lost_servers(tmp_path):
-    """Scenes rendered on the host pool match the bridge's; when every server is gone the run stops with
-    SimulatorUnavailable naming the hosts, and the last good iteration is checkpointed."""
+    """Data sets rendered host-level (sample_dataset, the split step's path) match sample under jit; when every
+    server is gone the run stops with SimulatorUnavailable naming the hosts (the pool's error crossed the
+    bridge), and the last good iteration is checkpointed."""
     from experiments import car_count
     from lts_jax.run import checkpoint
     from simulators.carla import CarlaPool, CarlaSimulator
     from simulators.carla.testing import FakeSession, FakeTraffic
 
     traffic = FakeTraffic()
-    good = CarlaSimulator(None, 16, 16, traffic=traffic, pool=CarlaPool("a:1", lambda h, p: FakeSession(h, p, 16, 16)))
-    renderer = traffic_common.SceneRenderer(good, chunk=4, keys=("image", "counts"))
+    pool = CarlaPool("a:1", lambda h, p: FakeSession(h, p, 16, 16))
+    good = CarlaSimulator(None, 16, 16, traffic=traffic, pool=pool, keep=("image", "counts"))
     psi = jnp.zeros(traffic.spec.dim)
-    ours = renderer.sample(jax.random.key(3), psi, 6)
+    ours = good.sample_dataset(jax.random.key(3), psi, 6)
     bridge = jax.jit(lambda k: good.sample(k, psi, 6))(jax.random.key(3))
     np.testing.assert_array_equal(ours["counts"], bridge["counts"])
     np.testing.assert_array_equal(ours["image"], bridge["image"])
 
     FlakySession.renders = 0
     pool = CarlaPool("a:1,b:2", lambda h, p: FlakySession(h, p, ok=12 + 2 * 4), max_retries=0, backoff_s=0.0)
-    sim = CarlaSimulator(None, 16, 16, traffic=traffic, pool=pool)
-    flaky = traffic_common.SceneRenderer(sim, chunk=4, keys=("image", "counts"))
-    val, test = flaky.sample(jax.random.key(1), psi, 6), flaky.sample(jax.random.key(2), psi, 6)  # 12 renders
-    ctx = car_count.Context(sim, flaky, LinearCountTask(), traffic_common.Programs(), val, test, {"name": "traffic"})
+    sim = CarlaSimulator(None, 16, 16, traffic=traffic, pool=pool, keep=("image", "counts"))
+    val, test = sim.sample_dataset(jax.random.key(1), psi, 6), sim.sample_dataset(jax.random.key(2), psi, 6)  # 12
+    ctx = car_count.Context(sim, LinearCountTask(), lts.Programs(), val, test, {"name": "traffic"})
     cfg = car_count.Config(progress=False, log_every=0, checkpoint_every=0)
     config = lts.LTSConfig(num_candidates=2, dataset_size=2, mtm_epochs=1)  # 4 renders per iteration: 2 succeed
     pol = policy.GaussianPolicy(traffic.spec)

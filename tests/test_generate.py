@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import simulators
 from experiments import generate
 from lts_jax.data import kitti
 from simulators import gmm
@@ -107,8 +108,8 @@ def test_bad_requests_name_the_problem(tmp_path):
     run = write_run(tmp_path / "r1", {"experiment": "car_count", "psi_raw": [0.0]})
     with pytest.raises(generate.GenerateError, match="no 'simulator' entry"):
         generate.generate(run, tmp_path / "out", 2)
-    with pytest.raises(generate.GenerateError, match="'carla' is not supported"):
-        generate.simulator_config({"simulator": {"name": "carla"}})
+    with pytest.raises(generate.GenerateError, match="'unity' is not supported"):
+        generate.simulator_config({"simulator": {"name": "unity"}})
     with pytest.raises(generate.GenerateError, match="pass --height"):
         generate.simulator_config({"simulator": {"name": "traffic"}})
     # height/width: "simulator" first, then "config", then the flags
@@ -139,3 +140,25 @@ def test_cli_refuses_to_overwrite(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"--out {out} is not empty" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_simulator_entries_old_and_new_rebuild_a_pure_jax_renderer():
+    """results.json's "simulator" is the simulator's describe() (a CARLA run: {"name": "carla", ...}); the older
+    {"name": "traffic", "renderer": ...} entries still read. Either way the scene model is rebuilt with the
+    pure-JAX renderer, one compiled call per chunk."""
+    described = TrafficSimulator(H, W, learn_intersection=True).describe()
+    entries = [
+        {"simulator": described},
+        {"simulator": {"name": "traffic", "renderer": "traffic", "height": H, "width": W, "learn_intersection": True}},
+        {"simulator": {**described, "name": "carla", "hosts": "gpu:2000", "timeout_s": 30.0}},
+        {"simulator": {"name": "traffic", "renderer": "carla", "height": H, "width": W, "learn_intersection": True}},
+    ]
+    for results, renderer in zip(entries, (None, "traffic", "carla", "carla")):
+        cfg = generate.simulator_config(results)
+        assert generate.renderer_of(cfg) == renderer
+        options = generate.make_options(cfg, chunk_size=8)
+        assert options["name"] == "traffic" and options["render_chunk"] == 8
+        assert (options["height"], options["width"], options["learn_intersection"]) == (H, W, True)
+        assert simulators.make(**options).describe()["learn_intersection"] is True
+    gmm_options = generate.make_options(generate.simulator_config({"experiment": "gmm_toy", "num_gaussians": 3}), 8)
+    assert gmm_options == {"name": "gmm", "num_gaussians": 3}

@@ -132,7 +132,7 @@ class TwoStageGMM:
     def sample_scenes(self, key, psi, num):
         return self.sim.sample(key, psi, num)
 
-    def render(self, flat):
+    def render_batches(self, flat):
         self.renders += 1
         assert flat["x"].ndim == 2  # one leading axis of K * M
         return flat

@@ -2,7 +2,7 @@
 
 scikit-learn's SVC cannot run inside jit, so the task's state is simply its
 training set (a pytree of arrays) and :meth:`SVMTask.evaluate` fits and scores
-on the host through the bridge (:func:`lts_jax.simulator.host_call`). Under
+on the host through the bridge (:func:`lts_jax.host.host_call`). Under
 ``vmap`` over K candidates the bridge makes ONE host call that fits all K SVMs
 (in a thread pool: libsvm releases the GIL).
 """
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.svm import SVC
 
-from lts_jax.simulator import host_call
+from lts_jax.host import host_call
 from lts_jax.tasks.base import TaskBase
 
 

@@ -6,16 +6,17 @@ Modules:
   labels     CARLA sensor images -> Cityscapes labels, instances, visible counts
   session    one server: world setup, synchronous rendering of one scene
   pool       many servers: concurrency, timeouts, retries, dropping, NoCarlaServerError
-  simulator  CarlaSimulator (the Simulator protocol through the host bridge), make_simulator
+  simulator  CarlaSimulator (a SceneSimulator whose renderer runs through the host bridge)
 
 Importing this package does not import the ``carla`` client; connecting does.
 Everything that talks to a server is host code and not jittable; only
-``CarlaSimulator.sample`` is, through the bridge.
+``CarlaSimulator.render`` (and ``sample``) is, through the bridge. Build one with
+``simulators.make("carla", hosts=..., height=..., width=...)``.
 """
 
 from simulators.carla.pool import CarlaPool, NoCarlaServerError, find_no_server_error, parse_hosts
 from simulators.carla.session import CarlaSession, RenderConfig, SceneError
-from simulators.carla.simulator import CarlaSimulator, make_simulator
+from simulators.carla.simulator import CarlaSimulator
 
 __all__ = [
     "CarlaPool",
@@ -25,6 +26,5 @@ __all__ = [
     "RenderConfig",
     "SceneError",
     "find_no_server_error",
-    "make_simulator",
     "parse_hosts",
 ]

@@ -1,33 +1,36 @@
 """CarlaSimulator: the traffic scene model, rendered by CARLA servers.
 
 ``G(x, y | psi) = R(S(rho | psi), P(phi | psi))`` (PAPER.md) with S and P the
-traffic simulator's pure-JAX scene sampler and R a pool of CARLA servers.
-``sample`` samples the scenes in JAX (``TrafficSimulator.sample_scenes``, so
-they are the very scenes the pure-JAX renderer would draw for the same key and
-psi) and hands the scene arrays to the host bridge (``lts_jax.simulator.host_call``).
+traffic simulator's pure-JAX scene sampler and R a pool of CARLA servers: a
+``lts_jax.simulator.SceneSimulator`` whose ``sample_scenes`` is
+``TrafficSimulator.sample_scenes`` (so the scenes are the very ones the pure-JAX
+renderer would draw for the same key and psi) and whose ``render`` is the host
+bridge (``lts_jax.host.host_renderer``) around :meth:`CarlaSimulator.render_host`.
 Under ``vmap`` over the K candidates the host function runs once with all K x num
-scenes, which the pool renders concurrently. Passing the scenes (not psi) keeps
-JAX out of the host callback: calling back into JAX from a callback can deadlock
-on accelerators.
+scenes, which the pool renders concurrently; ``lts.make_split_step`` renders the
+K x M scenes of an iteration with one such call too (the default ``render_batches``).
+Passing the scenes (not psi) keeps JAX out of the host callback: calling back into
+JAX from a callback can deadlock on accelerators.
 
-The output matches the traffic simulator's: ``{"image": uint8 [num, H, W, 3],
+The outputs match the traffic simulator's: ``{"image": uint8 [num, H, W, 3],
 "label": uint8 [num, H, W] Cityscapes ids, "instance": int32 [num, H, W] (0 none,
-else 1 + block), "counts": int32 [num, 5]}``.
+else 1 + block), "counts": int32 [num, 5]}`` (the kept ones, ``keep``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lts_jax.simulator import host_call
+from lts_jax.host import host_renderer
+from lts_jax.simulator import SceneSimulatorBase, select_outputs
 from simulators.carla.pool import CarlaPool, NoCarlaServerError, find_no_server_error, parse_hosts
 from simulators.carla.session import CarlaSession, RenderConfig
-from simulators.traffic import layout as L
+from simulators.traffic.simulator import TrafficSimulator
 
 # The scene fields the renderer reads (the traffic simulator's scene description),
 # and the optional extras it draws when the scenes have them (the row of houses
@@ -38,28 +41,22 @@ SCENE_KEYS = (
     "road_length", "intersection", "car_present", "car_type", "car_lane", "car_pos", "car_heading",
     "car_color", "house_present", "house_height", "weather", "camera_height", "camera_pitch", "sun_dir",
 )  # fmt: skip
-NUM_CAR_TYPES = len(L.CAR_TYPES)
+# RenderConfig fields that describe() records (JSON values; a custom house_model is not recorded).
+_DESCRIBED_CONFIG = ("map_timeout_s", "fixed_delta_seconds", "warmup_ticks", "instance_mode", "min_visible_pixels")
 
 
-def _default_traffic(height: int, width: int):
-    try:
-        from simulators.traffic import TrafficSimulator
-    except ImportError as e:  # pragma: no cover - depends on the traffic package's state
-        raise ImportError(
-            "CarlaSimulator samples its scenes with simulators.traffic.TrafficSimulator, which failed to import; "
-            "pass traffic=... explicitly"
-        ) from e
-    return TrafficSimulator(height, width)
+class CarlaSimulator(SceneSimulatorBase):
+    """The traffic scene model rendered by CARLA (see the module docstring; registry name "carla").
 
-
-class CarlaSimulator:
-    """The Simulator protocol, rendered by CARLA (see the module docstring).
+    Does not connect when built: the pool connects on the first render (or :meth:`connect`).
 
     Args:
       hosts: ``"host:port,..."`` or a list of ``"host:port"``.
       height, width: image size.
+      learn_intersection: as TrafficSimulator's (used when ``traffic`` is not given).
       traffic: the scene sampler, with ``.spec`` and ``.sample_scenes(key, psi,
-        num)``; default ``TrafficSimulator(height, width)``.
+        num)``; default ``TrafficSimulator(height, width, learn_intersection)``.
+      keep: the outputs rendered (default all four).
       timeout_s, max_retries, backoff_s: the pool's failure handling (CarlaPool).
       pool: a ready pool (tests); overrides hosts and the failure settings.
       **render_kw: further RenderConfig fields (fixed_delta_seconds, warmup_ticks,
@@ -68,11 +65,13 @@ class CarlaSimulator:
 
     def __init__(
         self,
-        hosts: str | Sequence[str],
+        hosts: str | Sequence[str] | None,
         height: int,
         width: int,
         *,
+        learn_intersection: bool = False,
         traffic: Any = None,
+        keep: Sequence[str] | None = None,
         timeout_s: float = 30.0,
         max_retries: int = 2,
         backoff_s: float = 1.0,
@@ -80,12 +79,17 @@ class CarlaSimulator:
         **render_kw: Any,
     ):
         self.height, self.width = int(height), int(width)
-        self.traffic = traffic if traffic is not None else _default_traffic(self.height, self.width)
+        self.learn_intersection = bool(learn_intersection)
+        if traffic is None:
+            traffic = TrafficSimulator(self.height, self.width, learn_intersection=self.learn_intersection)
+        self.traffic = traffic
         self.spec = self.traffic.spec
+        self.outputs = select_outputs(TrafficSimulator.output_spec(self.height, self.width), keep)
         # Count visibility exactly as the pure-JAX renderer of the same scenes does.
         if render_kw.get("min_visible_pixels") is None and hasattr(self.traffic, "min_visible_pixels"):
             render_kw["min_visible_pixels"] = int(self.traffic.min_visible_pixels)
         self.config = RenderConfig(self.height, self.width, timeout_s=timeout_s, **render_kw)
+        self.min_visible_pixels = self.config.min_visible_pixels
         if pool is None:
             config = self.config
             pool = CarlaPool(
@@ -98,74 +102,68 @@ class CarlaSimulator:
         self.pool = pool
         self.last_info: list[dict] = []  # per-scene info of the latest host call, for logs and debugging
 
+    def __repr__(self) -> str:
+        return f"CarlaSimulator({self.height}x{self.width}, {self.pool.hosts}, {list(self.outputs)})"
+
+    def describe(self) -> dict:
+        """What results.json records to rebuild this simulator: ``simulators.make(**sim.describe())``."""
+        out = {
+            "name": "carla",
+            "hosts": ",".join(self.pool.hosts),
+            "height": self.height,
+            "width": self.width,
+            "learn_intersection": self.learn_intersection,
+            "timeout_s": self.pool.timeout_s,
+            "max_retries": self.pool.max_retries,
+            "backoff_s": self.pool.backoff_s,
+        }
+        return out | {k: getattr(self.config, k) for k in _DESCRIBED_CONFIG}
+
+    def select(self, keys: Sequence[str]) -> CarlaSimulator:
+        """The same simulator (same pool and servers) rendering only the outputs ``keys``."""
+        view = copy.copy(self)
+        view.__dict__.pop("_compiled", None)
+        view.outputs = select_outputs(TrafficSimulator.output_spec(self.height, self.width), keys)
+        return view
+
     @property
     def fatal_error(self) -> NoCarlaServerError | None:
         """The pool's NoCarlaServerError once every server is gone, else None."""
         return self.pool.fatal_error
 
     def connect(self) -> list[str]:
-        """Connects every server now (drivers call this before the first iteration); returns the live hosts."""
+        """Connects every server now; returns the live hosts (NoCarlaServerError if none)."""
         return self.pool.connect()
 
     def close(self) -> None:
         self.pool.close()
 
-    def output_shapes(self, num: int) -> dict[str, jax.ShapeDtypeStruct]:
-        h, w = self.height, self.width
-        return {
-            "image": jax.ShapeDtypeStruct((num, h, w, 3), jnp.uint8),
-            "label": jax.ShapeDtypeStruct((num, h, w), jnp.uint8),
-            "instance": jax.ShapeDtypeStruct((num, h, w), jnp.int32),
-            "counts": jax.ShapeDtypeStruct((num, NUM_CAR_TYPES), jnp.int32),
-        }
+    def sample_scenes(self, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
+        """The traffic simulator's scenes for one psi [spec.dim], leading axis ``num``. Pure JAX."""
+        return self.traffic.sample_scenes(key, psi, num)
 
-    def sample(self, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
-        """Samples ``num`` scenes for one psi [spec.dim] in JAX and renders them on the pool.
-
-        Jittable and vmappable over (key, psi): the rendering goes through the
-        host bridge, once for all vmapped candidates.
-        """
-        scenes = self.traffic.sample_scenes(key, psi, num)
+    def render(self, scenes: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Scenes (leading axis num) -> outputs, rendered on the pool through the host bridge: one host
+        call for all vmapped candidates. Jittable and vmappable."""
         missing = [k for k in SCENE_KEYS if k not in scenes]
         if missing:
             raise KeyError(f"the traffic simulator's scenes lack {missing}; the CARLA renderer needs {SCENE_KEYS}")
         scenes = {k: scenes[k] for k in SCENE_KEYS + OPTIONAL_SCENE_KEYS if k in scenes}
-        return host_call(self.render_batch, self.output_shapes(num), scenes)
+        return host_renderer(self.render_host, self.outputs)(scenes)
 
-    def render_batch(self, scenes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Host function of the bridge: scene arrays [B, num, ...] -> outputs [B, num, ...]. Not jittable."""
+    def render_host(self, scenes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Host function of the bridge: scene arrays [N, ...] -> the kept outputs [N, ...]. Not jittable."""
         scenes = {k: np.asarray(v) for k, v in scenes.items()}
-        lead = scenes["road_length"].shape  # (B, num)
-        flat = {k: v.reshape((-1, *v.shape[len(lead) :])) for k, v in scenes.items()}
-        total = int(np.prod(lead, dtype=np.int64))
-        results = self.pool.render([{k: v[i] for k, v in flat.items()} for i in range(total)])
+        total = int(scenes["road_length"].shape[0])
+        results = self.pool.render([{k: v[i] for k, v in scenes.items()} for i in range(total)])
         self.last_info = [r.get("info", {}) for r in results]
         out = {}
-        for name, spec in self.output_shapes(1).items():
+        for name, field in self.outputs.items():
             if total:
-                stacked = np.stack([np.asarray(r[name], spec.dtype) for r in results])
+                out[name] = np.stack([np.asarray(r[name], field.dtype) for r in results])
             else:
-                stacked = np.zeros((0, *spec.shape[1:]), spec.dtype)
-            out[name] = stacked.reshape((*lead, *spec.shape[1:]))
+                out[name] = np.zeros((0, *field.shape), field.dtype)
         return out
 
 
-def make_simulator(hosts: str, height: int, width: int, **kw: Any) -> CarlaSimulator:
-    """The experiments' factory for ``--simulator=carla --carla_hosts=host:port,...``.
-
-    Validates the host string first (ValueError naming the bad entry) and that
-    the carla client is installed (ImportError saying how to install it). Does
-    not connect; call ``.connect()`` to.
-    """
-    parse_hosts(hosts)
-    try:
-        import carla  # noqa: F401
-    except ImportError as e:
-        raise ImportError(
-            "--simulator=carla needs the CARLA Python client: pip install 'lts_jax[carla]' "
-            "(or carla==<your server's version>); see simulators/carla/README.md"
-        ) from e
-    return CarlaSimulator(hosts, height, width, **kw)
-
-
-__all__ = ["CarlaSimulator", "NoCarlaServerError", "find_no_server_error", "make_simulator", "SCENE_KEYS"]
+__all__ = ["CarlaSimulator", "NoCarlaServerError", "find_no_server_error", "parse_hosts", "SCENE_KEYS"]

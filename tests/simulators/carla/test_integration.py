@@ -1,7 +1,7 @@
 """Renders real scenes on CARLA servers and checks the output contract.
 
 Runs only when LTS_CARLA_HOSTS names running servers, e.g.
-``LTS_CARLA_HOSTS=localhost:2000 pytest tests/test_carla_integration.py`` (simulators/carla/README.md
+``LTS_CARLA_HOSTS=localhost:2000 pytest tests/simulators/carla/test_integration.py`` (simulators/carla/README.md
 says how to start them). The first run on a server generates the atlas world
 (tens of seconds).
 """

@@ -1,7 +1,8 @@
 """Tests of the traffic scene simulator (simulators/traffic): scene model, renderer, interface.
 
-Tiny images (24x80) and three compiled programs shared through module fixtures keep the
-file fast: a jitted ``sample`` (num=4), a jitted ``sample_scenes`` and a vmapped ``sample``.
+Tiny images (24x80) and a few compiled programs shared through module fixtures keep the
+file fast: a jitted ``sample`` (num=4), a jitted ``sample_scenes``, a vmapped ``sample``, the
+chunked renderer (chunks of 3) and one fused policy iteration.
 Every scene variable has its own slot of random bits, so with the same key, forcing one
 block of psi (e.g. the weather) changes only that variable of the scenes.
 """
@@ -13,18 +14,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import simulators
+from lts_jax import lts
+from lts_jax.search import policy
+from lts_jax.simulator import Field, SceneSimulator
 from simulators.traffic import TrafficSimulator, preview
 from simulators.traffic import labels as LB
 from simulators.traffic import layout as L
 from simulators.traffic import scene as S
 
-H, W, NUM = 24, 80, 4
+H, W, NUM, CHUNK = 24, 80, 4, 3
 B = L.MAX_BLOCKS
 
 
 @pytest.fixture(scope="module")
 def sim():
-    return TrafficSimulator(H, W)
+    return TrafficSimulator(H, W, render_chunk=CHUNK)
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +263,64 @@ def test_preview_contact_sheet(sim, sample):
     assert sheet.shape[0] >= 4 * H and sheet.shape[1] >= 3 * 2 * W
     with pytest.raises(ValueError, match="weather"):
         preview.contact_sheet(sim, np.zeros(sim.spec.dim - 1, np.float32))
+
+
+# ----- the scene-simulator protocol: outputs, chunks, both step paths, the registry ----------
+def test_declared_outputs_and_selection(sim, sample):
+    assert isinstance(sim, SceneSimulator)
+    out = sample(jax.random.key(2), jnp.asarray(sim.preset("val")))
+    assert list(sim.outputs) == ["image", "label", "instance", "counts"]
+    for name, field in sim.outputs.items():
+        assert (out[name].shape, out[name].dtype) == ((NUM, *field.shape), field.dtype), name
+    assert sim.outputs["counts"] == Field((len(L.CAR_TYPES),), np.int32)
+    counting = sim.select(("image", "counts"))
+    assert list(counting.outputs) == ["image", "counts"] and counting.render_chunk == CHUNK
+    shapes = jax.eval_shape(lambda k: counting.sample(k, jnp.zeros(sim.spec.dim), 2), jax.random.key(0))
+    assert set(shapes) == {"image", "counts"}
+    with pytest.raises(ValueError, match="depth"):
+        sim.select(("image", "depth"))
+
+
+def test_chunked_renderer_equals_one_render(sim, sample):
+    """NUM = 4 scenes in chunks of 3 (the second padded) give exactly the images of one render of all 4."""
+    psi = jnp.asarray(sim.preset("val"))
+    one = _np(sample(jax.random.key(5), psi))
+    chunked = _np(sim.sample_dataset(jax.random.key(5), psi, NUM))
+    assert set(chunked) == set(one)
+    for name in one:
+        np.testing.assert_array_equal(chunked[name], one[name], err_msg=name)
+    checked = sim.sample_checked(jax.random.key(5), sim.preset("val"), NUM)
+    np.testing.assert_array_equal(checked["image"], one["image"])
+
+
+def test_make_step_equals_make_split_step(sim, count_task):
+    """The same TrafficSimulator in make_step (the renderer inside the one jit) and make_split_step (the
+    chunked renderer): same keys, same metrics and state (images may differ by one level in a few pixels
+    between the two compiled renderers, so the rewards are compared with a tolerance)."""
+    K, M = 2, 2  # 4 scenes: the chunk of 3 and a padded one
+    pol = policy.GaussianPolicy(sim.spec, learning_rate=0.1)
+    config = lts.LTSConfig(num_candidates=K, dataset_size=M, mtm_epochs=2, retain_mtm=True)
+    val = sim.sample_dataset(jax.random.key(10), sim.preset("val"), NUM)
+    fused = lts.make_step(config, sim, count_task, pol)
+    split = lts.make_split_step(config, sim, count_task, pol)
+    s_f = s_s = lts.init_state(config, count_task, pol, jax.random.key(0), sim.preset("val"))
+    key = jax.random.key(1)
+    s_f, m_f = fused(s_f, key, val)
+    s_s, m_s = split(s_s, key, val)
+    assert set(m_f) == set(m_s)
+    for k in m_f:
+        np.testing.assert_allclose(np.asarray(m_s[k]), np.asarray(m_f[k]), rtol=1e-3, atol=1e-4, err_msg=k)
+    for a, b in zip(jax.tree_util.tree_leaves(s_f), jax.tree_util.tree_leaves(s_s)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-4)
+
+
+def test_registry_rebuilds_from_describe():
+    sim = simulators.make("traffic", height=16, width=32, learn_intersection=True, render_chunk=7)
+    d = sim.describe()
+    assert d == {"name": "traffic", "height": 16, "width": 32, "learn_intersection": True,
+                 "min_visible_pixels": sim.min_visible_pixels}  # fmt: skip
+    again = simulators.make(**d)
+    assert isinstance(again, TrafficSimulator) and again.describe() == d
+    assert again.spec.dim == sim.spec.dim and not again.spec["intersection"].frozen
+    with pytest.raises(ValueError, match="render_chunk"):
+        simulators.make("traffic", height=16, width=32, render_chunk=0)

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import simulators
 from lts_jax.tasks.svm import SVMTask, fit_svc
 from simulators import gmm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_real_distribution_and_spec():
@@ -40,6 +41,16 @@ def test_simulator_follows_psi():
     x, y = np.asarray(data["x"]), np.asarray(data["y"])
     np.testing.assert_allclose(x[y == 0].mean(0), [3.0, -2.0], atol=0.02)
     np.testing.assert_allclose(x[y == 1].var(0), [4.0, 4.0], rtol=0.1)
+
+
+def test_registry_rebuilds_from_describe():
+    sim = simulators.make("gmm", num_gaussians=3)
+    assert isinstance(sim, gmm.GMMSimulator) and sim.describe() == {"name": "gmm", "num_gaussians": 3}
+    assert simulators.make(**sim.describe()).spec.dim == sim.spec.dim
+    with pytest.raises(ValueError, match="unknown simulator 'unity'; choose one of gmm, traffic, carla"):
+        simulators.make("unity")
+    with pytest.raises(ValueError, match="simulator 'gmm'.*'height'.*num_gaussians"):
+        simulators.make("gmm", height=3)
 
 
 def test_svm_task_accuracy_matches_sklearn():
