@@ -10,7 +10,7 @@ from PIL import Image
 
 from lts_jax.data import kitti
 
-SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "kitti_semantics")
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data", "kitti_semantics")
 
 
 def _sample():
