@@ -1,10 +1,31 @@
 """Fixtures shared across the test tree (tiny shapes; each compiles in well under a second)."""
 
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from lts_jax.tasks import TaskBase
+
+# The real data sets (KITTI semantics, CamVid) live outside the repository: ../shared/data from its root, or
+# wherever LTS_DATA_DIR says.
+DATA_DIR_VARIABLE = "LTS_DATA_DIR"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def real_data_dir(name: str) -> str:
+    """The directory of the real data set ``name`` (e.g. ``"kitti_semantics"``, ``"camvid"``) under $LTS_DATA_DIR
+    (default ``../shared/data`` from the repository root); skips the calling test when it is not there."""
+    base = os.environ.get(DATA_DIR_VARIABLE) or str(DEFAULT_DATA_DIR)
+    path = os.path.join(base, name)
+    if not os.path.isdir(path):
+        pytest.skip(
+            f"real data {name!r} not found at {path}: set {DATA_DIR_VARIABLE} to the directory that holds it "
+            f"(default {DEFAULT_DATA_DIR})"
+        )
+    return path
 
 
 class LogisticTask(TaskBase):

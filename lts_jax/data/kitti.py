@@ -2,13 +2,14 @@
 
 Layout (KITTI data_semantics, Cityscapes label IDs, car = 26)::
 
-    <root>/training/image_2/<name>.png     RGB images
+    <root>/training/image_2/<name>.png     RGB images (PNG, or JPEG: .jpg / .jpeg, as CamVid's)
     <root>/training/semantic/<name>.png    8-bit label IDs (grayscale PNG)
 
 A root that holds ``image_2/`` and ``semantic/`` directly is accepted as well
 (that is what the simulators' generate commands write). Images and labels are
-paired by file name; every problem raises :class:`KittiDataError` naming the
-file or directory.
+paired by file stem; every problem raises :class:`KittiDataError` naming the
+file or directory. The data sets in this layout and how each is split, cropped
+and sized are described in ``lts_jax/data/real.py``.
 
 The loaded data set is a NumPy dict, ready to hand to a task::
 
@@ -19,12 +20,15 @@ The loaded data set is a NumPy dict, ready to hand to a task::
 Resizing uses Pillow: bilinear with antialiasing for images (a triangle filter
 spread over the reduction, so a 4x reduction averages like an area filter),
 nearest neighbour for labels so that only label IDs present in the file come out.
+An optional :class:`Crop` (a band of full-width rows) and a mirror are applied
+before resizing, to image and label alike.
 
 None of this is jittable: it reads files on the host, once, before training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 
@@ -34,6 +38,8 @@ from PIL import Image, UnidentifiedImageError
 KITTI_URL = "http://www.cvlibs.net/datasets/kitti/eval_semseg.php"
 IMAGE_DIR = "image_2"
 LABEL_DIR = "semantic"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")  # image files, in the order a name is looked up
+LABEL_EXTS = (".png",)  # label maps must be lossless
 
 # The five images of the shared sample that carry the benchmark's original
 # label maps (the others were reconstructed from colour masks; see the sample's
@@ -76,12 +82,25 @@ def resolve_dirs(root: str | os.PathLike) -> tuple[str, str]:
     )
 
 
-def _stems(directory: str) -> dict[str, str]:
-    return {
-        os.path.splitext(f)[0]: os.path.join(directory, f)
-        for f in sorted(os.listdir(directory))
-        if f.lower().endswith(".png")
-    }
+def _stems(directory: str, exts: Sequence[str]) -> dict[str, str]:
+    """{stem: path} of the files in ``directory`` with one of ``exts`` (any case); two files of one stem
+    (``a.png`` and ``a.jpg``) raise KittiDataError naming both."""
+    out: dict[str, str] = {}
+    for f in sorted(os.listdir(directory)):
+        stem, ext = os.path.splitext(f)
+        if ext.lower() not in exts:
+            continue
+        path = os.path.join(directory, f)
+        if stem in out:
+            raise KittiDataError(f"{out[stem]!r} and {path!r} have the same name; keep one of them")
+        out[stem] = path
+    return out
+
+
+def _expected(directory: str, name: str, exts: Sequence[str]) -> str:
+    """The path a missing file of ``name`` is expected at, for messages."""
+    path = repr(os.path.join(directory, name + exts[0]))
+    return path + (f" (or {' / '.join(exts[1:])})" if len(exts) > 1 else "")
 
 
 def list_names(root: str | os.PathLike) -> list[str]:
@@ -91,15 +110,17 @@ def list_names(root: str | os.PathLike) -> list[str]:
     without an image, or an empty directory.
     """
     img_dir, lab_dir = resolve_dirs(root)
-    images, labels = _stems(img_dir), _stems(lab_dir)
+    images, labels = _stems(img_dir, IMAGE_EXTS), _stems(lab_dir, LABEL_EXTS)
     for name, path in images.items():
         if name not in labels:
-            raise KittiDataError(f"image {path!r} has no label: expected {os.path.join(lab_dir, name + '.png')!r}")
+            raise KittiDataError(f"image {path!r} has no label: expected {_expected(lab_dir, name, LABEL_EXTS)}")
     for name, path in labels.items():
         if name not in images:
-            raise KittiDataError(f"label {path!r} has no image: expected {os.path.join(img_dir, name + '.png')!r}")
+            raise KittiDataError(f"label {path!r} has no image: expected {_expected(img_dir, name, IMAGE_EXTS)}")
     if not images:
-        raise KittiDataError(f"KITTI directory {os.fspath(root)!r}: no PNG images in {img_dir!r}")
+        raise KittiDataError(
+            f"KITTI directory {os.fspath(root)!r}: no images ({' / '.join(IMAGE_EXTS)}) in {img_dir!r}"
+        )
     return sorted(images)
 
 
@@ -111,12 +132,12 @@ def _open(path: str) -> Image.Image:
     except FileNotFoundError as e:
         raise KittiDataError(f"file {path!r} does not exist") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise KittiDataError(f"cannot read PNG {path!r}: {e}") from e
+        raise KittiDataError(f"cannot read image file {path!r}: {e}") from e
     return im
 
 
 def read_image(path: str) -> np.ndarray:
-    """uint8 [H, W, 3] of an image file (grayscale is replicated, alpha dropped)."""
+    """uint8 [H, W, 3] of an image file, PNG or JPEG (grayscale is replicated, alpha dropped)."""
     return np.asarray(_open(path).convert("RGB"), dtype=np.uint8)
 
 
@@ -147,6 +168,31 @@ def read_label(path: str) -> np.ndarray:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """A band of full-width rows cut from every image and its label before resizing.
+
+    The band keeps the whole width (so the horizontal field of view) and has the aspect
+    ``width / height`` of the target size given to :func:`load_kitti` (or ``aspect`` when no size
+    is given); its first row is ``top`` times the file's height (rounded), e.g. ``top = 0.314``
+    keeps rows 113..256 of a 480x360 CamVid frame for a 96x320 target (see real.py for why).
+    """
+
+    top: float
+    aspect: float = 1242.0 / 375.0  # KITTI's, used when no target size is given
+
+    def __post_init__(self):
+        if not 0.0 <= self.top < 1.0 or not self.aspect > 0:
+            raise ValueError(f"Crop(top={self.top}, aspect={self.aspect}): need 0 <= top < 1 and aspect > 0")
+
+    def rows(self, height: int, width: int, size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(first, stop) rows of the band in an image of ``height`` x ``width``; ``size`` = target (h, w)."""
+        aspect = size[1] / size[0] if size is not None else self.aspect
+        band = int(round(width / aspect))
+        first = int(round(self.top * height))
+        return first, first + band
+
+
 def _resize(arr: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
     height, width = size
     if arr.shape[:2] == (height, width):
@@ -159,6 +205,8 @@ def load_kitti(
     root: str | os.PathLike,
     size: tuple[int, int] | None = None,
     names: Sequence[str] | None = None,
+    crop: Crop | None = None,
+    mirror: bool = False,
 ) -> dict:
     """Loads image/label pairs from a KITTI-layout directory.
 
@@ -168,6 +216,8 @@ def load_kitti(
         labels: nearest); None keeps the file size (then all files must agree).
       names: file stems to load, in this order; None loads every pair (and
         checks that every image has a label and every label an image).
+      crop: a :class:`Crop` cut from image and label before resizing (None: the whole frame).
+      mirror: flip image and label left-right (after the crop).
 
     Returns:
       ``{"image": uint8 [N, H, W, 3], "label": uint8 [N, H, W], "names": list[str]}``.
@@ -185,29 +235,40 @@ def load_kitti(
         size = (int(size[0]), int(size[1]))
         if size[0] < 1 or size[1] < 1:
             raise ValueError(f"size must be (height, width) with positive entries, got {size}")
+    image_files, label_files = _stems(img_dir, IMAGE_EXTS), _stems(lab_dir, LABEL_EXTS)
 
     images, labels = [], []
     for name in names:
-        img_path = os.path.join(img_dir, name + ".png")
-        lab_path = os.path.join(lab_dir, name + ".png")
-        if not os.path.isfile(img_path):
+        img_path, lab_path = image_files.get(name), label_files.get(name)
+        if img_path is None:
             raise KittiDataError(
-                f"image {img_path!r} does not exist"
-                + (f" (its label {lab_path!r} does)" if os.path.isfile(lab_path) else "")
+                f"image {_expected(img_dir, name, IMAGE_EXTS)} does not exist"
+                + (f" (its label {lab_path!r} does)" if lab_path else "")
             )
-        if not os.path.isfile(lab_path):
-            raise KittiDataError(f"image {img_path!r} has no label: expected {lab_path!r}")
+        if lab_path is None:
+            raise KittiDataError(f"image {img_path!r} has no label: expected {_expected(lab_dir, name, LABEL_EXTS)}")
         image, label = read_image(img_path), read_label(lab_path)
         if image.shape[:2] != label.shape:
             raise KittiDataError(
                 f"image {img_path!r} is {image.shape[1]}x{image.shape[0]} but its label {lab_path!r} is "
                 f"{label.shape[1]}x{label.shape[0]} (width x height); they must agree"
             )
+        if crop is not None:
+            first, stop = crop.rows(*label.shape, size)
+            if stop > label.shape[0] or stop - first < 1:
+                raise KittiDataError(
+                    f"image {img_path!r} ({image.shape[1]}x{image.shape[0]}) is too short for {crop}: the band "
+                    f"needs rows {first}..{stop - 1}"
+                )
+            image, label = image[first:stop], label[first:stop]
+        if mirror:
+            image, label = image[:, ::-1], label[:, ::-1]
         if size is None and images and image.shape != images[0].shape:
             raise KittiDataError(
                 f"image {img_path!r} is {image.shape[1]}x{image.shape[0]} but {names[0]!r} is "
                 f"{images[0].shape[1]}x{images[0].shape[0]}; pass size=(height, width) to resize them alike"
             )
+        image, label = np.ascontiguousarray(image), np.ascontiguousarray(label)
         if size is not None:
             image = _resize(image, size, Image.Resampling.BILINEAR)
             label = _resize(label, size, Image.Resampling.NEAREST)
@@ -288,12 +349,14 @@ def load_splits(
     size: tuple[int, int] | None,
     splits: Mapping[str, Sequence[str]] | None = None,
     seed: int = 0,
+    crop: Crop | None = None,
+    mirror: bool = False,
 ) -> dict[str, dict]:
-    """Loads each split of ``root``: ``{split: load_kitti(root, size, names)}``.
+    """Loads each split of ``root``: ``{split: load_kitti(root, size, names, crop, mirror)}``.
 
     ``splits`` maps split name -> names; None uses :func:`default_split` with
     ``seed``. Empty splits are left out.
     """
     if splits is None:
         splits = default_split(root, seed=seed)
-    return {part: load_kitti(root, size, names) for part, names in splits.items() if len(names)}
+    return {part: load_kitti(root, size, names, crop, mirror) for part, names in splits.items() if len(names)}

@@ -9,14 +9,11 @@ import pytest
 from PIL import Image
 
 from lts_jax.data import kitti
-
-SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data", "kitti_semantics")
+from tests.conftest import real_data_dir
 
 
 def _sample():
-    if not os.path.isdir(SAMPLE):
-        pytest.skip(f"../shared/data/kitti_semantics not found: the real-data tests need the shared sample at {SAMPLE}")
-    return SAMPLE
+    return real_data_dir("kitti_semantics")
 
 
 def _write_pair(base, name, size=(12, 8), image=None, label=None):
