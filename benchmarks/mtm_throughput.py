@@ -26,6 +26,22 @@ CPU-sized::
 Also ``--eval_strategies``: evaluation of K models on a shared validation set.
 ``--profile_dir``: a jax.profiler trace of one call of the first strategy of the
 first configuration.
+
+Against the device count (``--num_devices=1,2,4,8``): the K trainings split over
+n devices (``lts_jax.parallel.run_candidates(..., mesh=candidate_mesh(n))``, each
+device running ``--device_strategy`` on its K / n candidates, data generated
+sharded), for each task of ``--device_tasks`` (``counting``: the CNN above at
+``--height`` x ``--width``; ``segmentation``: ``--seg_model`` at ``--seg_height`` x
+``--seg_width``, batch ``--seg_batch``) and each K of ``--ks`` (pairs where n does
+not divide K are skipped), timed round-robin over the device counts; reported:
+images/s and the speed-up over one device. This replaces the strategy rows::
+
+    PYTHONPATH=. python benchmarks/mtm_throughput.py --num_devices=1,2,4,8 --ks=8,16,32,64 \
+        --device_tasks=counting,segmentation --dtypes=bfloat16 --out=$OUT/mtm_devices.json
+    # CPU, forced host devices (runs and reports; the numbers mean nothing there)
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 PYTHONPATH=. python benchmarks/mtm_throughput.py \
+        --num_devices=1,2,4 --ks=8 --steps=2 --repeats=2 --height=32 --width=64 --seg_height=32 --seg_width=64 \
+        --device_tasks=counting,segmentation --dtypes=float32
 """
 
 from __future__ import annotations
@@ -292,6 +308,114 @@ def bench_eval_group(args, conv: str, dtype: str, k: int, strategies, rng) -> li
     return out
 
 
+def make_seg_data(key: jax.Array, k: int, m: int, height: int, width: int):
+    """Random pixels and Cityscapes label IDs of the simulator's classes (the compute does not depend on them)."""
+    from lts_jax.tasks.segmentation import CLASS_IDS
+
+    k1, k2 = jax.random.split(key)
+    ids = jnp.asarray(CLASS_IDS, jnp.uint8)
+    return {
+        "image": jax.random.bits(k1, (k, m, height, width, 3), jnp.uint8),
+        "label": ids[jax.random.randint(k2, (k, m, height, width), 0, len(CLASS_IDS))],
+    }
+
+
+def device_task(args, name: str, dtype: str):
+    """(task, height, width, batch, data_fn) of a --device_tasks entry."""
+    if name == "counting":
+        task = CountingTask(
+            args.height, args.width, batch_size=args.batch, features=args.features, hidden=args.hidden,
+            compute_dtype=dtype,
+        )  # fmt: skip
+        return task, args.height, args.width, args.batch, make_data
+    if name == "segmentation":
+        from lts_jax.tasks.segmentation import SegmentationTask
+
+        task = SegmentationTask(
+            args.seg_model, args.seg_height, args.seg_width, batch_size=args.seg_batch, augment=False,
+            compute_dtype=dtype,
+        )  # fmt: skip
+        return task, args.seg_height, args.seg_width, args.seg_batch, make_seg_data
+    raise ValueError(f"unknown --device_tasks entry {name!r}; choose counting or segmentation")
+
+
+def bench_devices_group(args, name: str, dtype: str, k: int, counts, rng) -> list[dict]:
+    """MTM training of K candidates split over each device count of ``counts``, timed round-robin."""
+    task, height, width, batch, data_fn = device_task(args, name, dtype)
+    m = args.dataset_size or batch * args.steps
+    strategy = parallel.strategy_for(task, args.device_strategy, "train")
+    fns = {}
+    for n in counts:
+        mesh = parallel.candidate_mesh(n)
+        cand = parallel.candidate_sharding(mesh)
+        data = jax.jit(lambda key: data_fn(key, k, m, height, width), out_shardings=cand)(jax.random.fold_in(rng, k))
+        states = jax.jit(jax.vmap(task.init), out_shardings=cand)(jax.random.split(jax.random.key(0), k))
+        keys = parallel.shard(jax.random.split(jax.random.key(1), k), mesh)
+        train = jax.jit(
+            lambda st, d, ks, mesh=mesh: parallel.run_candidates(
+                lambda s_, d_, k_: task.train(s_, d_, k_, 1), strategy, st, d, ks, phase="train", mesh=mesh
+            ),
+            donate_argnums=0,
+        )
+        box = [states]
+
+        def fn(box=box, train=train, data=data, keys=keys):
+            box[0] = train(box[0], data, keys)
+            return box[0]
+
+        fns[n] = fn
+    first, times = interleaved(fns, args.repeats)
+    medians = {n: statistics.median(times[n]) for n in counts}
+    one = medians.get(1)
+    return [
+        {
+            "phase": "train_devices",
+            "task": name,
+            "dtype": dtype,
+            "K": k,
+            "num_devices": n,
+            "strategy": strategy,
+            "images_per_s": k * m / medians[n],
+            "speedup_vs_1_device": one / medians[n] if one else None,
+            "first_call_s": first[n],
+            "times_s": times[n],
+        }
+        for n in counts
+    ]
+
+
+def run_device_sweep(args, report, save) -> None:
+    total = jax.device_count()
+    forced = jax.default_backend() == "cpu" and total > 1
+    if forced:
+        report["note"] = (
+            "CPU with forced host devices: every 'device' shares the same cores, so images/s say nothing "
+            "about scaling; the sweep only shows that the sharded programs run"
+        )
+        print(f"# NOTE: {report['note']}", flush=True)
+    rng = jax.random.key(12345)
+    for name in args.device_tasks:
+        for dtype in args.dtypes:
+            for k in args.ks:
+                counts = [n for n in args.num_devices if n <= total and k % n == 0]
+                for n in sorted(set(args.num_devices) - set(counts)):
+                    why = "more devices than JAX sees" if n > total else "n does not divide K"
+                    print(f"{name:12s} {dtype:9s} K={k:<3d} devices={n}: skipped ({why})")
+                    report.setdefault("skipped", []).append({"task": name, "K": k, "num_devices": n, "why": why})
+                if not counts:
+                    continue
+                for r in bench_devices_group(args, name, dtype, k, counts, rng):
+                    report["results"].append(r)
+                    up = f"{r['speedup_vs_1_device']:.2f}x" if r["speedup_vs_1_device"] else "n/a"
+                    print(
+                        f"{name:12s} {dtype:9s} K={k:<3d} devices={r['num_devices']:<2d} {r['strategy']:6s} "
+                        f"{r['images_per_s']:>11,.0f} img/s  speed-up vs 1 device {up}  "
+                        f"first call {r['first_call_s']:.1f}s",
+                        flush=True,
+                    )
+                save()
+
+
 def csv(kind):
     return lambda s: [kind(x) for x in s.split(",") if x]
 
@@ -320,6 +444,15 @@ def main(argv=None):
     p.add_argument("--max_dispatch_k", type=int, default=64, help="skip 'dispatch' above this K")
     p.add_argument("--skip", type=csv(str), default=[], help="K:strategy pairs not to run, e.g. 1:loop,1:map")
     p.add_argument("--profile_dir", default="")
+    p.add_argument(
+        "--num_devices", type=csv(int), default=[], help="device counts to sweep (replaces the strategy rows)"
+    )
+    p.add_argument("--device_tasks", type=csv(str), default=["counting"], help="counting, segmentation")
+    p.add_argument("--device_strategy", default="auto", help="executor strategy on each device's candidates")
+    p.add_argument("--seg_model", default="fcn_small")
+    p.add_argument("--seg_height", type=int, default=96)
+    p.add_argument("--seg_width", type=int, default=320)
+    p.add_argument("--seg_batch", type=int, default=8)
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
 
@@ -345,6 +478,11 @@ def main(argv=None):
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=1)
+
+    if args.num_devices:
+        run_device_sweep(args, report, save)
+        save()
+        return
 
     rng = jax.random.key(12345)
     profile_dir = args.profile_dir or None

@@ -16,10 +16,22 @@ On top of it:
   default ``render_batches``, one jitted ``render`` of the K x M scenes).
 
 An exception raised by the host function reaches the caller wrapped by JAX (its text, not its type).
+
+Under a device mesh (``LTSConfig(num_devices=n)``, several hosts included) the candidates are split
+over the devices with ``shard_map`` (:mod:`lts_jax.parallel`), and the host function is called once
+per device per iteration with that device's K / n candidates (``B = K / n``; a host renderer gets
+their K / n x M scenes), on the process that owns the device: each process calls its own servers for
+its own candidates. (Under plain ``jit`` with sharded inputs JAX would instead gather every candidate
+on one device and call the host once there.) The calls of one process's devices come from different
+threads at the same time; :func:`host_renderer` and :class:`HostSimulator` run them one at a time
+unless ``concurrent=True`` says the host function is thread-safe (a CARLA pool is not: it already
+spreads one call over all its servers).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,6 +54,7 @@ def host_call(
     fn: Callable[..., Any],
     result_shapes: Any,
     *args: Any,
+    lock: Any = None,
 ) -> Any:
     """Calls a batched host function from jitted / vmapped code.
 
@@ -53,6 +66,8 @@ def host_call(
       result_shapes: pytree of ``jax.ShapeDtypeStruct`` for ONE example (no batch
         axis).
       *args: pytrees of arrays for ONE example (no batch axis) at trace time.
+      lock: a ``threading.Lock`` held while ``fn`` runs (None: none), for host functions that
+        must not run twice at once (under a mesh each device calls, from its own thread).
 
     Returns:
       the results for one example (or batched, under vmap).
@@ -70,7 +85,8 @@ def host_call(
             np.broadcast_to(a, batch_shape + a.shape[a.ndim - nd :]).reshape((size,) + a.shape[a.ndim - nd :])
             for a, nd in zip(flat, core_ndims)
         ]
-        results = fn(*jax.tree_util.tree_unflatten(args_tree, batched))
+        with lock if lock is not None else contextlib.nullcontext():
+            results = fn(*jax.tree_util.tree_unflatten(args_tree, batched))
         flat_results = res_tree.flatten_up_to(results)
         out = []
         for r, spec in zip(flat_results, flat_res_shapes):
@@ -97,8 +113,9 @@ class HostSimulator:
       spec: the simulator's ParamSpec.
       sample_fn: host function ``sample_fn(seeds: uint32 [B], psi: float32 [B, dim],
         num: int) -> {name: array [B, num, ...]}``. It is called once per policy
-        iteration with all K candidates. Not jittable.
+        iteration with all K candidates (under a mesh: once per device with its candidates). Not jittable.
       outputs: ``{name: Field}``, the outputs per example.
+      concurrent: ``sample_fn`` is thread-safe; else the calls of several devices run one at a time.
     """
 
     def __init__(
@@ -106,10 +123,13 @@ class HostSimulator:
         spec: ParamSpec,
         sample_fn: Callable[[np.ndarray, np.ndarray, int], Mapping[str, np.ndarray]],
         outputs: OutputSpec,
+        *,
+        concurrent: bool = False,
     ):
         self.spec = spec
         self.sample_fn = sample_fn
         self.outputs = dict(outputs)
+        self._lock = None if concurrent else threading.Lock()
 
     def sample(self, key: jax.Array, psi: jax.Array, num: int) -> dict[str, jax.Array]:
         shapes = {name: field.struct(num) for name, field in self.outputs.items()}
@@ -117,23 +137,29 @@ class HostSimulator:
         def _host(seeds, psi_b):
             return dict(self.sample_fn(seeds, psi_b, num))
 
-        return host_call(_host, shapes, key_to_seed(key), jnp.asarray(psi, jnp.float32))
+        return host_call(_host, shapes, key_to_seed(key), jnp.asarray(psi, jnp.float32), lock=self._lock)
 
 
-def host_renderer(render_fn: RenderFn, outputs: OutputSpec) -> Callable[[dict[str, jax.Array]], dict[str, jax.Array]]:
+def host_renderer(
+    render_fn: RenderFn, outputs: OutputSpec, *, concurrent: bool = False
+) -> Callable[[dict[str, jax.Array]], dict[str, jax.Array]]:
     """A host renderer as a jittable, vmappable ``render(scenes) -> {name: [num, *field.shape]}``.
 
     Args:
       render_fn: host function ``render_fn({name: np.ndarray [N, ...]}) -> {name: [N, ...]}``: every
         scene of the call with one leading axis (under vmap over K candidates of ``num`` scenes each,
         N = K x num, in candidate-major order). It may return more outputs than declared; only
-        ``outputs`` are kept. Not jittable; it runs once per call of the jitted program.
+        ``outputs`` are kept. Not jittable; it runs once per call of the jitted program, and under a
+        device mesh once per device with that device's candidates (N = K / n x num).
       outputs: ``{name: Field}``, the declared outputs per example.
+      concurrent: ``render_fn`` is thread-safe; otherwise calls from several devices of a process
+        run one at a time (a lock per renderer).
 
     Returns:
       ``render(scenes)`` for scenes with a leading axis ``num`` (static).
     """
     outputs = dict(outputs)
+    lock = None if concurrent else threading.Lock()
 
     def render(scenes: dict[str, jax.Array]) -> dict[str, jax.Array]:
         scenes = dict(scenes)
@@ -154,6 +180,6 @@ def host_renderer(render_fn: RenderFn, outputs: OutputSpec) -> Callable[[dict[st
             return results
 
         _host.__name__ = getattr(render_fn, "__name__", "render_fn")
-        return host_call(_host, shapes, scenes)
+        return host_call(_host, shapes, scenes, lock=lock)
 
     return render

@@ -19,6 +19,21 @@ the test split").
 The driver (:func:`run_loop`) is plain Python around the jitted step: the key
 of iteration i is ``fold_in(base_key, i)``, so a run resumed from a saved state
 continues exactly.
+
+Several devices (``LTSConfig(num_devices=n)``; hosts too, after
+``lts_jax.run.distributed.initialize``): the K candidates' data generation
+(``sample`` / ``sample_scenes`` and a host renderer), MTM training and
+evaluation are split over a 1-D device mesh (``parallel.candidate_mesh(n)``),
+K / n candidates per device; ask, tell, the AMTM and the best MTM run
+replicated, and the step's state and metrics come back replicated on every
+device (so every process reads them, and a checkpoint holds whole arrays).
+Results equal the one-device run within floating-point tolerance; K must be a
+multiple of n (refused in ``LTSConfig``). What a program does to run sharded::
+
+    config = lts.LTSConfig(num_candidates=K, ..., num_devices=n)   # n = 1: exactly the one-device programs
+    step = lts.make_step(config, sim, task, search)               # or make_split_step
+    state = lts.init_state(config, task, search, key, psi0)        # replicated on the mesh
+    val = lts.replicate(config, val)                               # once, not in every iteration
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.sharding import Mesh
 
 from lts_jax import parallel
 from lts_jax.search import SearchStrategy
@@ -64,6 +80,9 @@ class LTSConfig:
         for the simulator; lowers the variance of the policy gradient).
       common_train_key: the K MTMs train with the same key (minibatch order,
         augmentation), so reward differences come from the data alone.
+      num_devices: devices the K candidates are split over (``parallel.candidate_mesh``; with
+        several processes, the global count); K must be a multiple of it. 1: one device, the
+        programs of a run without sharding.
     """
 
     num_candidates: int = 8
@@ -76,16 +95,19 @@ class LTSConfig:
     common_mtm_init: bool = True
     common_sim_key: bool = False
     common_train_key: bool = False
+    num_devices: int = 1
 
     def __post_init__(self):
         checks = [
             ("num_candidates", self.num_candidates >= 1, ">= 1"),
             ("dataset_size", self.dataset_size >= 1, ">= 1"),
             ("mtm_epochs", self.mtm_epochs >= 0, ">= 0"),
+            ("num_devices", self.num_devices >= 1, ">= 1"),
         ]
         for name, ok, accepted in checks:
             if not ok:
                 raise ValueError(f"{name} = {getattr(self, name)} is out of range; accepted: {accepted}")
+        parallel.check_divisible(self.num_candidates, self.num_devices)
         for name in ("train_strategy", "eval_strategy"):
             value = getattr(self, name)
             try:
@@ -106,6 +128,19 @@ class LTSState:
     best_mtm_iteration: jax.Array = None  # [] int32, -1 before any
 
 
+def mesh_for(config: LTSConfig) -> Mesh | None:
+    """The device mesh of ``config.num_devices`` (``parallel.candidate_mesh``), None for one device.
+    Raises ValueError naming num_devices when JAX does not see that many devices."""
+    return None if config.num_devices == 1 else parallel.candidate_mesh(config.num_devices)
+
+
+def replicate(config: LTSConfig, tree: Any) -> Any:
+    """``tree`` (validation / test data, a state) replicated on the devices of ``config.num_devices``;
+    unchanged for one device. Host-level. The steps place their arguments themselves, but data placed
+    once here is not copied to the devices again in every iteration."""
+    return parallel.replicate(tree, mesh_for(config))
+
+
 def init_state(
     config: LTSConfig,
     task: Task,
@@ -116,12 +151,16 @@ def init_state(
     best_fn: Callable[[Any], Any] | None = None,
 ) -> LTSState:
     """The state before the first iteration. ``psi0`` [dim] is the search's initial point;
-    ``best_fn`` as in :func:`make_step` (what ``keep_best_mtm`` keeps of an MTM)."""
+    ``best_fn`` as in :func:`make_step` (what ``keep_best_mtm`` keeps of an MTM).
+
+    With ``config.num_devices > 1`` the state is replicated on the mesh: as the template of
+    ``run.checkpoint`` restores, it decides the layout a checkpoint is read into, so a checkpoint
+    written on any number of devices restores onto this run's."""
     k_search, k_amtm, k_best = jax.random.split(key, 3)
     psi0 = jnp.asarray(search.spec.validate(psi0, what="initial psi"))
     if psi0.ndim != 1:
         raise ValueError(f"initial psi must have shape [{search.spec.dim}], got {list(psi0.shape)}")
-    return LTSState(
+    state = LTSState(
         iteration=jnp.zeros((), jnp.int32),
         search=search.init(k_search, psi0),
         amtm=task.init(k_amtm) if config.retain_mtm else None,
@@ -129,6 +168,7 @@ def init_state(
         best_mtm_reward=jnp.array(-jnp.inf, jnp.float32),
         best_mtm_iteration=jnp.array(-1, jnp.int32),
     )
+    return replicate(config, state)
 
 
 def _mean_metrics(prefix: str, metrics: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -166,6 +206,7 @@ class _Phases:
     def __init__(self, config: LTSConfig, sample_fn, task: Task, search: SearchStrategy, best_fn):
         self.config, self.sample_fn, self.task, self.search = config, sample_fn, task, search
         self.best_fn = best_fn or (lambda mtm: mtm)
+        self.mesh = mesh_for(config)  # None: one device
         # The task may require a strategy (host tasks: vmap) or prefer one for "auto" (measured per backend).
         self.train_strategy = parallel.strategy_for(task, config.train_strategy, "train")
         self.eval_strategy = parallel.strategy_for(task, config.eval_strategy, "evaluate")
@@ -180,13 +221,16 @@ class _Phases:
     def sample(self, key, psi):
         K, M = self.config.num_candidates, self.config.dataset_size
         k_sim = self.keys(key)[1]
-        if self.config.common_sim_key:
-            return jax.vmap(self.sample_fn, in_axes=(None, 0, None))(k_sim, psi, M)
-        return jax.vmap(self.sample_fn, in_axes=(0, 0, None))(jax.random.split(k_sim, K), psi, M)
+        keys, key_axis = (k_sim, None) if self.config.common_sim_key else (jax.random.split(k_sim, K), 0)
+
+        def sample_all(keys, psi):  # under a mesh: one device's candidates (a host renderer sees only those)
+            return jax.vmap(self.sample_fn, in_axes=(key_axis, 0, None))(keys, psi, M)
+
+        return parallel.over_candidates(sample_all, self.mesh, (key_axis, 0))(keys, psi)
 
     def evaluate_all(self, mtms, data):
         return parallel.run_candidates(
-            self.task.evaluate, self.eval_strategy, mtms, data, in_axes=(0, None), phase="evaluate"
+            self.task.evaluate, self.eval_strategy, mtms, data, in_axes=(0, None), phase="evaluate", mesh=self.mesh
         )
 
     def learn(self, state: LTSState, key, data, val_data):
@@ -202,6 +246,7 @@ class _Phases:
             init_keys,
             train_keys,
             in_axes=(0, init_axis, train_axis),
+            mesh=self.mesh,
         )
         val = self.evaluate_all(mtms, val_data)
         rewards = val["reward"]
@@ -211,6 +256,8 @@ class _Phases:
         if config.retain_mtm:
             # The AMTM sees every candidate's data of this iteration.
             pooled = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), data)
+            if self.mesh is not None:  # one AMTM, trained alike on every device
+                pooled = jax.lax.with_sharding_constraint(pooled, parallel.replicated_sharding(self.mesh))
             amtm = task.train(state.amtm, pooled, k_amtm, xi)
             metrics.update({f"amtm_val_{k}": v for k, v in task.evaluate(amtm, val_data).items()})
             new = new.replace(amtm=amtm)
@@ -279,6 +326,10 @@ def make_step(
     without test data). ``best_fn`` maps an MTM's train state to what
     ``keep_best_mtm`` keeps (default: all of it; e.g. ``lambda s: s.params``).
 
+    With ``config.num_devices > 1`` the candidates' phases are split over the devices (module
+    docstring); the returned step places its arguments on the mesh (a no-op for arrays already
+    there) and returns the state and metrics replicated. One device: the plain jitted step.
+
     metrics: ``rewards`` [K], ``psi`` [K, dim] (the candidates), ``center`` [dim]
     (the search's current answer after the update), the search's scalars
     (reward_mean, reward_max, best_reward, baseline, ...), ``val_*`` / ``test_*``
@@ -286,7 +337,22 @@ def make_step(
     """
     _check_dims(search, simulator.spec)
     p = _Phases(config, simulator.sample, task, search, best_fn)
-    return jax.jit(_assemble(p, p.ask, p.sample, lambda data: data, p.learn, p.tell, p.test))
+    step = _assemble(p, p.ask, p.sample, lambda data: data, p.learn, p.tell, p.test)
+    if p.mesh is None:
+        return jax.jit(step)
+    return _placing(jax.jit(step, out_shardings=parallel.replicated_sharding(p.mesh)), p.mesh)
+
+
+def _placing(step, mesh: Mesh):
+    """``step`` with its arguments replicated on ``mesh`` first (a no-op for those already there, e.g.
+    the state a sharded step returned); the step's state and metrics come back replicated."""
+
+    def placed(state: LTSState, key: jax.Array, val_data, test_data=None):
+        state, key, val_data, test_data = parallel.replicate((state, key, val_data, test_data), mesh)
+        return step(state, key, val_data, test_data) if test_data is not None else step(state, key, val_data)
+
+    placed.mesh = mesh
+    return placed
 
 
 def make_split_step(
@@ -314,6 +380,12 @@ def make_split_step(
     jitted ``render``, a host renderer running through the bridge; the traffic simulator:
     fixed-size chunks of one compiled renderer). The step has :func:`make_step`'s signature,
     keys and metrics (tested equal); it is not jitted as a whole.
+
+    With ``config.num_devices > 1`` every piece is compiled for the mesh (sample, learn and test
+    split over the candidates, ask and tell replicated), and ``render_batches`` is called once per
+    local device with that device's K / n x M scenes, committed to it: a jitted renderer runs there
+    (compiled once per device, in the first iteration), a host renderer sees only those scenes, and
+    each process renders only its own devices' candidates.
     """
     missing = [name for name in ("spec", "sample_scenes", "render_batches") if not hasattr(simulator, name)]
     if missing:
@@ -323,19 +395,53 @@ def make_split_step(
     c = config
     K, M = c.num_candidates, c.dataset_size
     p = _Phases(config, simulator.sample_scenes, task, search, best_fn)
+    mesh = p.mesh
     learn_key = ("learn", task, best_fn, K, M, c.mtm_epochs, p.train_strategy, p.eval_strategy, c.common_mtm_init,
-                 c.common_train_key, c.retain_mtm, c.keep_best_mtm)  # fmt: skip
-    ask = programs.get(("ask", search, K), lambda: jax.jit(p.ask))
-    sample = programs.get(("sample", simulator, K, M, c.common_sim_key), lambda: jax.jit(p.sample))
-    learn = programs.get(learn_key, lambda: jax.jit(p.learn))
-    tell = programs.get(("tell", search), lambda: jax.jit(p.tell))
-    test = programs.get(("test", task, K, p.eval_strategy, c.retain_mtm), lambda: jax.jit(p.test))
+                 c.common_train_key, c.retain_mtm, c.keep_best_mtm, mesh)  # fmt: skip
 
-    def render(scenes):
-        flat = jax.tree_util.tree_map(lambda x: x.reshape((K * M, *x.shape[2:])), scenes)
-        return jax.tree_util.tree_map(lambda x: x.reshape((K, M, *x.shape[1:])), simulator.render_batches(flat))
+    def jit(fn, *out):  # under a mesh: out_shardings, "cand" (split over K) or "rep" (replicated) per output
+        if mesh is None:
+            return jax.jit(fn)
+        shardings = {"cand": parallel.candidate_sharding(mesh), "rep": parallel.replicated_sharding(mesh)}
+        return jax.jit(fn, out_shardings=tuple(shardings[o] for o in out) if len(out) > 1 else shardings[out[0]])
 
-    return _assemble(p, ask, sample, render, learn, tell, test)
+    ask = programs.get(("ask", search, K, mesh), lambda: jit(p.ask, "rep"))
+    sample = programs.get(("sample", simulator, K, M, c.common_sim_key, mesh), lambda: jit(p.sample, "cand"))
+    learn = programs.get(learn_key, lambda: jit(p.learn, "cand", "rep", "rep"))
+    tell = programs.get(("tell", search, mesh), lambda: jit(p.tell, "rep", "rep"))
+    test = programs.get(("test", task, K, p.eval_strategy, c.retain_mtm, mesh), lambda: jit(p.test, "rep"))
+
+    def render_flat(scenes):  # [k, M, ...] -> the simulator's host-level renderer on k x M scenes -> [k, M, ...]
+        k = jax.tree_util.tree_leaves(scenes)[0].shape[0]
+        flat = jax.tree_util.tree_map(lambda x: x.reshape((k * M, *x.shape[2:])), scenes)
+        return jax.tree_util.tree_map(lambda x: x.reshape((k, M, *x.shape[1:])), simulator.render_batches(flat))
+
+    render = render_flat if mesh is None else lambda scenes: _render_per_device(render_flat, scenes, mesh)
+    step = _assemble(p, ask, sample, render, learn, tell, test)
+    return step if mesh is None else _placing(step, mesh)
+
+
+def _render_per_device(render_fn, scenes, mesh: Mesh):
+    """``render_fn`` once per local device of ``mesh`` on that device's candidates' scenes (committed to
+    it, so a jitted renderer runs there and a host renderer sees only them); the outputs, split over the
+    mesh like the scenes. Each process renders only its own devices' candidates. Host-level.
+
+    A jitted renderer is compiled once per device (XLA programs are bound to their devices), in the
+    first iteration."""
+    leaves, tree = jax.tree_util.tree_flatten(scenes)
+    sharding = parallel.candidate_sharding(mesh)
+    by_device = [{s.device: s.data for s in leaf.addressable_shards} for leaf in leaves]
+    devices = [s.device for s in leaves[0].addressable_shards]
+    outs = {}
+    for d in devices:  # dispatch is asynchronous: the devices render concurrently
+        out = render_fn(jax.tree_util.tree_unflatten(tree, [b[d] for b in by_device]))
+        outs[d] = jax.tree_util.tree_map(lambda x, d=d: jax.device_put(x, d), out)
+    num = leaves[0].shape[0]  # K
+
+    def assemble(*local):  # one output's per-device pieces [K / n, M, ...] -> [K, M, ...] over the mesh
+        return jax.make_array_from_single_device_arrays((num, *local[0].shape[1:]), sharding, list(local))
+
+    return jax.tree_util.tree_map(assemble, *[outs[d] for d in devices])
 
 
 def check_finite(iteration: int, metrics: Mapping[str, Any]) -> None:

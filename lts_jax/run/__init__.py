@@ -8,13 +8,14 @@
 Modules: ``files`` (atomic writes), ``workdir`` (layout, stored configuration, resume / extend /
 complete), ``metrics`` (metrics.jsonl, TensorBoard rows), ``progress``, ``driver`` (run_search,
 signals), ``multirun`` (named sub-runs), ``checkpoint`` (orbax), ``tensorboard`` (event files),
+``distributed`` (several processes / hosts: initialize, is_main_process),
 ``plots`` (figures; imported on its own: ``from lts_jax.run import plots``, it needs matplotlib).
 
 Nothing here reads a flag: errors name parameters (``overwrite=True``); a front end renders them its
 own way with ``RunError.render(name_fn)``.
 """
 
-from lts_jax.run import checkpoint, tensorboard
+from lts_jax.run import checkpoint, distributed, tensorboard
 from lts_jax.run.checkpoint import CheckpointError
 from lts_jax.run.driver import DEFAULT_CHECKPOINT_EVERY, DEFAULT_KEEP_CHECKPOINTS, Interrupted, run_search
 from lts_jax.run.errors import RunError
@@ -52,6 +53,7 @@ __all__ = [
     "atomic_write_text",
     "checkpoint",
     "config_differences",
+    "distributed",
     "prepare_workdir",
     "psi_export",
     "read_config",

@@ -17,6 +17,15 @@ Restoring needs a *target*: a state of the same structure (the freshly
 initialised one), whose shapes, dtypes and shardings the restored arrays take.
 A restored state continues bitwise like the uninterrupted run (on CPU).
 
+Across meshes: the target's sharding decides how a checkpoint is read, not the
+layout it was written from, so a checkpoint written on N devices restores on 1
+and the other way round (``lts.init_state`` gives a target replicated on the
+run's devices). Several processes: every process calls save and restore (orbax
+coordinates them: the primary process writes the replicated arrays and the
+metadata, and commits the step after all are done); the directory must be on
+a file system all processes share; only the main process moves a corrupt
+checkpoint aside.
+
 Works with orbax-checkpoint 0.12.x (the API of CheckpointManager,
 ``ocp.args.StandardSave/StandardRestore/JsonSave/JsonRestore/Composite``).
 """
@@ -34,6 +43,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from lts_jax.run import distributed
 from lts_jax.run.errors import RunError
 
 CORRUPT_SUFFIX = "_corrupt"
@@ -228,8 +238,10 @@ class Checkpointer:
             if failures:
                 self.close()  # the manager caches the step list; reopen after moving
                 for bad, _ in failures:
-                    dest = self._move_aside(bad)
-                    warn(f"corrupt checkpoint {self.path(bad)} moved to {dest}; resuming from {self.path(step)}")
+                    if distributed.is_main_process():
+                        dest = self._move_aside(bad)
+                        warn(f"corrupt checkpoint {self.path(bad)} moved to {dest}; resuming from {self.path(step)}")
+                distributed.sync("lts_checkpoint_moved_aside")
             return state, meta
         if failures:
             listing = "; ".join(str(e) for _, e in failures)

@@ -6,6 +6,13 @@ good checkpoint is restored, metrics.jsonl is cut back to it, and the resumed
 run ends bitwise like an uninterrupted one (on CPU). A finished run asked for
 more iterations extends from its final checkpoint. SIGINT/SIGTERM stop after
 the current iteration with a checkpoint (a second signal stops at once).
+
+Several processes (:mod:`lts_jax.run.distributed`): every process calls
+:func:`run_search` alike; only the main process writes metrics.jsonl,
+TensorBoard events, the figures and the progress line (every process keeps the
+history), every process takes part in the orbax checkpoints, and a stop
+requested on any process (a signal, ``should_stop``) stops all of them after
+the same iteration.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from absl import logging
 
 from lts_jax import lts
 from lts_jax.params import ParamSpec
-from lts_jax.run import checkpoint
+from lts_jax.run import checkpoint, distributed
 from lts_jax.run import tensorboard as tb
 from lts_jax.run.errors import RunError
 from lts_jax.run.files import StorageError
@@ -153,6 +160,9 @@ def run_search(
       tensorboard: write TensorBoard events to the workdir.
       figures: draw the generic figures (rewards.png, params.png) at the end.
 
+    With several processes every process calls it with the same arguments (see the module
+    docstring); only the main process writes the run's files.
+
     Raises:
       Interrupted: stopped early by a signal or ``should_stop``; the checkpoint is saved.
       RunComplete: the workdir holds results.json and a checkpoint at ``num_iterations``.
@@ -188,6 +198,8 @@ def _run(
         raise WorkdirError(
             f"{ckpt.directory} holds checkpoints and resume is off; remove them or start over", path=ckpt.directory
         )
+    main = distributed.is_main_process()
+    distributed.sync("lts_run_search_start")  # every process sees the workdir as prepared
     restored = ckpt.restore_latest(state) if resume else None
     if restored is not None:
         state = restored[0]
@@ -200,24 +212,27 @@ def _run(
             ),
             path=ckpt.directory,
         )
-    if (workdir / RESULTS_FILE).exists():
+    finished = (workdir / RESULTS_FILE).exists()
+    distributed.sync("lts_run_search_checked")  # the main process's writes below come after every check
+    if finished:
         if start >= num_iterations:
             raise RunComplete(
                 f"{workdir} already holds this finished run ({start} iterations; {RESULTS_FILE})",
                 path=workdir,
                 iterations=start,
             )
-        begin_extension(workdir)
-    history = sync_metrics(workdir, start)
+        if main:
+            begin_extension(workdir)
+    history = sync_metrics(workdir, start, write=main)
 
     writer = None
-    if tensorboard:
+    if tensorboard and main:
         try:
             writer = tb.EventWriter(workdir, start_step=start)
         except OSError as e:
             raise StorageError(f"cannot write TensorBoard events in {workdir}: {e.strerror or e}") from e
-    log = MetricsLog(workdir, spec, history=history, writer=writer)
-    show = Progress(num_iterations, enabled=progress, log_every=log_every)
+    log = MetricsLog(workdir, spec, history=history, writer=writer, write=main)
+    show = Progress(num_iterations, enabled=progress and main, log_every=log_every)
     if start > 0 and start < num_iterations:
         show.message(f"resumed {workdir} at iteration {start}/{num_iterations} from {ckpt.path(start)}")
     saver = _CheckpointHook(ckpt, every, num_iterations, {"num_iterations": num_iterations})
@@ -227,11 +242,15 @@ def _run(
 
     stop = _StopOnSignal(handle_signals)
     poll = should_stop or (lambda: False)
+
+    def stopping() -> bool:  # agreed by every process, so that all stop after the same iteration
+        return distributed.any_process(stop.signum is not None or poll())
+
     try:
         with stop:
             state = lts.run_loop(
                 step, state, base_key, num_iterations, val_data, test_data=test_data, test_every=test_every,
-                hooks=hooks, should_stop=lambda: stop.signum is not None or poll(),
+                hooks=hooks, should_stop=stopping,
             )  # fmt: skip
     except (StorageError, checkpoint.CheckpointError, KeyboardInterrupt):
         raise
@@ -260,7 +279,7 @@ def _run(
             path,
             num_iterations,
         )
-    if figures and log.history:
+    if figures and log.history and main:
         try:
             from lts_jax.run import plots  # matplotlib is only needed here
 

@@ -43,13 +43,14 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
-def sync_metrics(workdir: str | os.PathLike, iteration: int) -> list[dict[str, Any]]:
+def sync_metrics(workdir: str | os.PathLike, iteration: int, *, write: bool = True) -> list[dict[str, Any]]:
     """Cuts metrics.jsonl back to the iterations ``0 .. iteration - 1`` a checkpoint holds; returns them.
 
     Lines of later iterations (run after the checkpoint, run again now) and a
     partial last line (a write cut short) are removed, so a resumed run's file
     has neither duplicates nor gaps. Raises WorkdirError naming the file when
-    it lacks an iteration the checkpoint has.
+    it lacks an iteration the checkpoint has. ``write=False`` only reads (the
+    processes of a multi-process run other than the main one).
     """
     path = Path(workdir) / METRICS_FILE
 
@@ -86,7 +87,7 @@ def sync_metrics(workdir: str | os.PathLike, iteration: int) -> list[dict[str, A
         kept_lines.append(line)
     if len(rows) < iteration:
         raise refuse(f"{path} holds {len(rows)} iterations, but the checkpoint is at iteration {iteration}")
-    if len(kept_lines) != sum(1 for line in raw if line.strip()) or (raw and raw[-1] != ""):
+    if write and (len(kept_lines) != sum(1 for line in raw if line.strip()) or (raw and raw[-1] != "")):
         atomic_write_text(path, "".join(line + "\n" for line in kept_lines))
     return rows
 
@@ -118,6 +119,8 @@ class MetricsLog:
     Per-candidate arrays (``psi``: [K, d]) are dropped to keep lines short; the
     search's current answer is logged as ``center`` (raw psi) and ``params``
     (readable). ``history`` holds the rows of earlier sessions of a resumed run.
+    ``write=False`` keeps the rows in ``history`` only (the processes of a
+    multi-process run other than the main one, which alone writes the file).
     """
 
     def __init__(
@@ -128,19 +131,22 @@ class MetricsLog:
         *,
         history: list[dict[str, Any]] | None = None,
         writer: tb.EventWriter | None = None,
+        write: bool = True,
     ):
         self.path = Path(workdir) / METRICS_FILE
         self.spec = spec
         self.drop = set(drop)
         self.history: list[dict[str, Any]] = list(history or [])
-        self.writer = writer
+        self.writer = writer if write else None
+        self.write = write
 
     def __call__(self, iteration: int, state, metrics: dict[str, Any]) -> None:
         row = {"step": iteration}
         row.update({k: v for k, v in metrics.items() if k not in self.drop})
         if "center" in metrics:
             row["params"] = self.spec.describe(np.asarray(metrics["center"], np.float32))
-        append_line(self.path, json.dumps(row, default=json_default))
+        if self.write:
+            append_line(self.path, json.dumps(row, default=json_default))
         self.history.append(row)
         if self.writer is not None:
             try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 from absl import logging
 
 from lts_jax.params import ParamSpec
-from lts_jax.run import checkpoint
+from lts_jax.run import checkpoint, distributed
 from lts_jax.run import tensorboard as tb
 from lts_jax.run.errors import NameFn, RunError
 from lts_jax.run.files import atomic_write_text
@@ -136,8 +137,9 @@ def _int_or_none(value) -> int | None:
         return None
 
 
-def _store_config(path: Path, config: Mapping[str, Any], ignore: Iterable[str]) -> None:
-    """Checks ``config`` against the run already in ``path`` (see the module docstring), then stores it."""
+def _store_config(path: Path, config: Mapping[str, Any], ignore: Iterable[str], write: bool = True) -> None:
+    """Checks ``config`` against the run already in ``path`` (see the module docstring), then stores it
+    (``write=False``: only checks)."""
     stored = read_config(path)
     steps = checkpoint.list_steps(path / CHECKPOINT_DIR)
     finished = (path / RESULTS_FILE).exists()
@@ -188,9 +190,11 @@ def _store_config(path: Path, config: Mapping[str, Any], ignore: Iterable[str]) 
                     ),
                     path=path,
                 )
-            begin_extension(path)
-    lines = [f"--{k}={v}" for k, v in sorted(_as_strings(config).items())]
-    atomic_write_text(path / CONFIG_FILE, "\n".join(lines) + "\n")
+            if write:
+                begin_extension(path)
+    if write:
+        lines = [f"--{k}={v}" for k, v in sorted(_as_strings(config).items())]
+        atomic_write_text(path / CONFIG_FILE, "\n".join(lines) + "\n")
 
 
 def begin_extension(path: Path) -> None:
@@ -243,14 +247,24 @@ def prepare_workdir(
         raise WorkdirError(lambda p: f"{p('workdir')} {path} exists and is not a directory", path=path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
+        probe = path / f".write_test.{socket.gethostname()}.{os.getpid()}"  # one per process
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
         reason = e.strerror or str(e)  # ``e`` is unbound after the except clause; the message is composed later
         raise WorkdirError(lambda p: f"{p('workdir')} {path} is not writable: {reason}", path=path) from e
+    # Several processes (lts_jax.run.distributed): all check the same files, and only the main one
+    # writes, after every process has checked, so that all reach the same outcome.
+    main, several = distributed.is_main_process(), distributed.process_count() > 1
     if overwrite:
-        remove_run_files(path)
+        if main:
+            remove_run_files(path)
+        distributed.sync("lts_prepare_workdir_removed")
     if config is not None:
-        _store_config(path, config, ignore)
+        if several:
+            _store_config(path, config, ignore, write=False)
+            distributed.sync("lts_prepare_workdir_checked")
+        if main:
+            _store_config(path, config, ignore)
+    distributed.sync("lts_prepare_workdir_done")
     return path
