@@ -87,7 +87,13 @@ POLE_HEIGHT = 6.5
 BACKDROP_X = 50.0
 BACKDROP_Z = ROAD_WIDTH + SIDE_ROAD_LENGTH + 8.0
 
-# A car counts as visible when at least this many of its pixels are, at the
-# reference image size; the renderer scales it with the image area.
-MIN_VISIBLE_PIXELS = 10
+# What counts as a visible car (simulators/traffic/visibility.py says why): at least MIN_VISIBLE_PIXELS
+# visible pixels at the reference image size (scaled with the image area), at least MIN_VISIBLE_SHARE of
+# the bounding box of its unoccluded projection, and a fog / haze transmittance of at least
+# MIN_FOG_TRANSMITTANCE at its distance. (Before issue 13: 10 pixels, no share, no fog.)
+MIN_VISIBLE_PIXELS = 100
+MIN_VISIBLE_SHARE = 0.4
+MIN_FOG_TRANSMITTANCE = 0.3
+# e-folding distance of fog / haze per weather (WEATHERS order), metres: render.WEATHER_TABLE's fog_d.
+FOG_DISTANCE = (900.0, 450.0, 140.0, 30.0)
 REFERENCE_SIZE = (96, 320)
