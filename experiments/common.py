@@ -1,220 +1,199 @@
-"""Flags shared by every experiment (DESIGN.md's names) and what they build.
+"""The command-line half every experiment shares: flags defined from a config class, the config built back.
 
-Experiments import this module to define the shared flags, set their own
-defaults with :func:`set_defaults`, and call :func:`validate_shared` first
-thing in ``main`` so bad values exit with status 2 before any work. Then
-:func:`prepare_workdir` checks the workdir against a run already there
-(resume, extend, "already complete", or exit 2 listing differing flags),
-:func:`run_options` gives ``run.run_search`` its run-management
-arguments, and :func:`run_main` maps the outcomes to exit statuses.
+An experiment module (``experiments/NAME.py``) defines its flags from its configuration class, whose field
+defaults are the only defaults, builds the configuration from the command line and calls one flag-free
+function of ``experiments/lib/NAME.py``::
 
-The library names parameters in its messages (``overwrite=True``); flags are
-named like the parameters, and :func:`user_message` renders a library error
-with flags (``--overwrite``) for the user.
+    FLAGS = common.define_flags(lib.CarCountConfig, HELP)   # one flag per field, default = the field's
+
+    def main():
+        cfg = common.config_from_flags(lib.CarCountConfig)
+        lib.validate(cfg)                                  # ConfigError -> exit 2 naming the flag
+        lib.train_and_evaluate(cfg, common.workdir())
+
+    if __name__ == "__main__":
+        app.run(common.run_main(main))
+
+Flags are named like the fields (DESIGN.md's shared names: ``--workdir --seed --num_iterations
+--num_candidates --dataset_size --mtm_epochs --retain_mtm --search --policy_lr --policy_variance
+--baseline_decay ...``); :data:`HELP` holds the help of the fields that several experiments share. The
+library names its parameters in messages (``overwrite=True``); :func:`user_message` renders them as flags
+(``--overwrite``), and :func:`run_main` maps the outcomes to exit statuses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from absl import app, flags
 
-from lts_jax import lts, parallel, run, search
-from lts_jax.params import ParamSpec
-from lts_jax.search import policy
+from experiments.lib.common import ConfigError
+from lts_jax import lts, parallel, run
 
-SEARCHES = ("lts", "fixed", "random_params", "random_search")
-# Flags that change how a run is managed, not what it computes: they may differ from a run's flags.txt.
-RUN_MANAGEMENT_FLAGS = frozenset(
-    {"workdir", "overwrite", "progress", "log_every", "checkpoint_every", "keep_checkpoints"}
-)
+# Help of the settings several experiments share (an experiment's own are given to define_flags).
+HELP = {
+    # run management (lib.common.RunConfig)
+    "workdir": "Directory for flags.txt, metrics.jsonl, results.json and figures.",
+    "overwrite": (
+        "Remove the run in --workdir (metrics, checkpoints, results) and start over. Without it a re-run resumes "
+        "an unfinished run, extends a finished one when --num_iterations is raised, or reports it complete."
+    ),
+    "progress": "Show a progress line (live only when stderr is a terminal); --noprogress: none at all.",
+    "log_every": "Without a terminal, print a progress line every N iterations (0: never).",
+    "checkpoint_every": (
+        "Save a checkpoint of the whole run state every N iterations (0: only at the end and when stopped)."
+    ),
+    "keep_checkpoints": "How many of the newest checkpoints to keep.",
+    # the search (lib.common.SearchConfig)
+    "seed": "Base random seed of the run (policy, data, MTM initialisation).",
+    "num_iterations": "Policy iterations.",
+    "num_candidates": "K: psi samples (and MTMs trained) per iteration.",
+    "dataset_size": "M: examples generated per candidate per iteration.",
+    "mtm_epochs": "xi: epochs of main task model training per iteration.",
+    "retain_mtm": "Also train an accumulated MTM (AMTM) on every iteration's data and report it.",
+    "common_sim_key": "Sample the K candidates' data with one simulator key (common random numbers).",
+    "train_strategy": f"How the K MTM trainings run: {', '.join(parallel.STRATEGIES)}.",
+    "eval_strategy": f"How the K MTM evaluations run: {', '.join(parallel.STRATEGIES)}.",
+    "search": "Search strategy: lts, fixed, random_params, random_search (fixed uses the --init point).",
+    "init": "Initial psi: zeros, random, or a preset name of the simulator.",
+    "policy_lr": "Learning rate of the policy mean (optax).",
+    "policy_optimizer": "Policy optimiser: adam, sgd or rmsprop.",
+    "policy_variance": "sigma^2 of the Gaussian policy (paper: 0.05).",
+    "learn_variance": "Also learn log sigma of the policy.",
+    "policy_grad_clip": "Clip the policy gradient's global norm (off if unset).",
+    "baseline_decay": "EMA decay of the REINFORCE reward baseline, in [0, 1).",
+    # validation and test data, the MTM
+    "val_size": "Validation examples drawn with the real / validation parameters.",
+    "test_size": "Test examples drawn with the real / validation parameters.",
+    "val_seed": "Seed of the validation set.",
+    "test_seed": "Seed of the test set.",
+    "test_every": "Evaluate on the test set every N iterations (0: only at the end).",
+    "mtm_lr": "Learning rate of the main task models.",
+    "compute_dtype": "MTM compute dtype, float32 or bfloat16 (parameters stay float32).",
+    "methods": "Methods to run (experiments comparing several; see their docstrings).",
+    # the traffic simulator (lib.traffic.TrafficConfig)
+    "height": "Image height (the simulator's and the main task model's).",
+    "width": "Image width.",
+    "simulator": "Renderer of the traffic scenes: traffic (pure JAX) or carla (servers; simulators/carla/README.md).",
+    "carla_hosts": "CARLA servers for --simulator=carla: host:port entries, comma separated.",
+    "learn_intersection": "Let the search learn the intersection type (frozen and uniform by default).",
+    "render_chunk": "Images per call of the compiled renderer (one program serves every data set size).",
+    "compile_cache_dir": "JAX's persistent compilation cache (reruns skip compiling the renderer); off if unset.",
+    # the segmentation MTM (lib.seg.SegConfig)
+    "model": "Segmentation MTM: fcn_small (CPU), resnet18, resnet50.",
+    "fcn_width": "Channels of fcn_small's first level (x2, x4 deeper).",
+    "batch_size": "MTM training minibatch (capped at the data set size).",
+    "eval_batch_size": "Images per evaluation chunk (0: --batch_size).",
+    "pretrain_lr": "Learning rate of the pretraining (0: --mtm_lr).",
+    "mtm_optimizer": "Optimiser of the MTM: adam, sgd or rmsprop.",
+    "augment": "Random horizontal flips and colour jitter of training batches.",
+    "jitter": "Colour jitter strength (brightness/contrast/saturation), in [0, 1).",
+    "init_checkpoint": "Parameters (save_params file) every MTM starts from; replaces --pretrain_images.",
+    "pretrain_images": (
+        "Pretrain the common starting MTM on this many simulated images (rendered M at a time, xi epochs each); "
+        "0: every MTM starts from a random init."
+    ),
+    "pretrain_psi": "psi of the pretraining images: a preset or zeros.",
+    "common_train_key": (
+        "The K candidates of an iteration shuffle and augment alike (common random numbers: with --common_sim_key "
+        "and a common init, their rewards then differ only through psi)."
+    ),
+    "run_dir": "Where the per-method runs go (metrics, checkpoints, best params); default: --workdir.",
+}
 
-WORKDIR = flags.DEFINE_string("workdir", None, "Directory for flags.txt, metrics.jsonl, results.json and figures.")
-SEED = flags.DEFINE_integer("seed", 0, "Base random seed of the run (policy, data, MTM initialisation).")
-NUM_ITERATIONS = flags.DEFINE_integer("num_iterations", 100, "Policy iterations.")
-NUM_CANDIDATES = flags.DEFINE_integer("num_candidates", 8, "K: psi samples (and MTMs trained) per iteration.")
-DATASET_SIZE = flags.DEFINE_integer("dataset_size", 100, "M: examples generated per candidate per iteration.")
-MTM_EPOCHS = flags.DEFINE_integer("mtm_epochs", 1, "xi: epochs of main task model training per iteration.")
-RETAIN_MTM = flags.DEFINE_bool(
-    "retain_mtm", False, "Also train an accumulated MTM (AMTM) on every iteration's data and report it."
-)
-SEARCH = flags.DEFINE_string(
-    "search", "lts", f"Search strategy: {', '.join(SEARCHES)} (fixed uses the --init point every iteration)."
-)
-INIT = flags.DEFINE_string("init", "random", "Initial psi: zeros, random, or a preset name of the simulator.")
-POLICY_LR = flags.DEFINE_float("policy_lr", 0.05, "Learning rate of the policy mean (optax).")
-POLICY_OPTIMIZER = flags.DEFINE_string("policy_optimizer", "adam", "Policy optimiser: adam, sgd or rmsprop.")
-POLICY_VARIANCE = flags.DEFINE_float("policy_variance", 0.05, "sigma^2 of the Gaussian policy (paper: 0.05).")
-LEARN_VARIANCE = flags.DEFINE_bool("learn_variance", False, "Also learn log sigma of the policy.")
-POLICY_GRAD_CLIP = flags.DEFINE_float(
-    "policy_grad_clip", None, "Clip the policy gradient's global norm (off if unset)."
-)
-BASELINE_DECAY = flags.DEFINE_float("baseline_decay", 0.9, "EMA decay of the REINFORCE reward baseline, in [0, 1).")
-TRAIN_STRATEGY = flags.DEFINE_string(
-    "train_strategy", "auto", f"How the K MTM trainings run: {', '.join(parallel.STRATEGIES)}."
-)
-EVAL_STRATEGY = flags.DEFINE_string(
-    "eval_strategy", "auto", f"How the K MTM evaluations run: {', '.join(parallel.STRATEGIES)}."
-)
-COMMON_SIM_KEY = flags.DEFINE_bool(
-    "common_sim_key", False, "Sample the K candidates' data with one simulator key (common random numbers)."
-)
-VAL_SIZE = flags.DEFINE_integer("val_size", 200, "Validation examples drawn with the real / validation parameters.")
-TEST_SIZE = flags.DEFINE_integer("test_size", 200, "Test examples drawn with the real / validation parameters.")
-VAL_SEED = flags.DEFINE_integer("val_seed", 1001, "Seed of the validation set.")
-TEST_SEED = flags.DEFINE_integer("test_seed", 2002, "Seed of the test set.")
-MTM_LR = flags.DEFINE_float("mtm_lr", 1e-3, "Learning rate of the main task models.")
-COMPUTE_DTYPE = flags.DEFINE_enum(
-    "compute_dtype", "float32", ["float32", "bfloat16"], "MTM compute dtype (parameters stay float32)."
-)
-METHODS = flags.DEFINE_list("methods", [], "Methods to run (experiments comparing several; see their docstrings).")
-TEST_EVERY = flags.DEFINE_integer("test_every", 0, "Evaluate on the test set every N iterations (0: only at the end).")
-OVERWRITE = flags.DEFINE_bool(
-    "overwrite",
-    False,
-    "Remove the run in --workdir (metrics, checkpoints, results) and start over. Without it a re-run resumes an "
-    "unfinished run, extends a finished one when --num_iterations is raised, or reports it complete.",
-)
-PROGRESS = flags.DEFINE_bool(
-    "progress", True, "Show a progress line (live only when stderr is a terminal); --noprogress: none at all."
-)
-LOG_EVERY = flags.DEFINE_integer(
-    "log_every", 10, "Without a terminal, print a progress line every N iterations (0: never)."
-)
-CHECKPOINT_EVERY = flags.DEFINE_integer(
-    "checkpoint_every",
-    run.DEFAULT_CHECKPOINT_EVERY,
-    "Save a checkpoint of the whole run state every N iterations (0: only at the end and when stopped).",
-)
-KEEP_CHECKPOINTS = flags.DEFINE_integer(
-    "keep_checkpoints", run.DEFAULT_KEEP_CHECKPOINTS, "How many of the newest checkpoints to keep."
-)
+WORKDIR = flags.DEFINE_string("workdir", None, HELP["workdir"])
+
+_DEFINE = {
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    str: flags.DEFINE_string,
+}
+_FLAG_TYPES = {bool: "bool", int: "int", float: "float", str: "string", tuple: "comma separated list of strings"}
 
 
-def set_defaults(**defaults: Any) -> None:
-    """Per-experiment defaults of shared flags (call at import of the experiment)."""
-    for name, value in defaults.items():
-        flags.FLAGS.set_default(name, value)
+def _field_type(hint: Any) -> tuple[type, type | None]:
+    """(bool | int | float | str | tuple, element type of a tuple) of a field's annotation (``X | None`` -> X)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return tuple, typing.get_args(hint)[0]
+    if hint not in _DEFINE:
+        raise TypeError(f"a flag cannot hold {hint!r}")
+    return hint, None
+
+
+def define_flags(cls: type, help: Mapping[str, str] | None = None) -> dict[str, flags.FlagHolder]:
+    """Defines a flag for every field of the dataclass ``cls``: named like the field, its default the field's
+    default, its help from ``help`` or :data:`HELP`. Returns ``{name: FlagHolder}``.
+
+    Flags already defined by another experiment module of the process (tests import them all) are kept, not
+    redefined: one flag per name; :func:`config_from_flags` takes the value of a flag only when it was given,
+    so each experiment still gets its own defaults. Tuples are list flags (``--mtm_features=16,32``).
+    """
+    texts = {**HELP, **(help or {})}
+    hints = typing.get_type_hints(cls)
+    holders = {}
+    for f in dataclasses.fields(cls):
+        kind, _ = _field_type(hints[f.name])
+        if f.name in flags.FLAGS:
+            flag = flags.FLAGS[f.name]
+            if flag.flag_type() != _FLAG_TYPES[kind]:
+                raise TypeError(f"--{f.name} is a {flag.flag_type()} flag elsewhere, a {_FLAG_TYPES[kind]} in {cls}")
+            holders[f.name] = flags.FlagHolder(flags.FLAGS, flag)
+            continue
+        if f.name not in texts:
+            raise KeyError(f"no help text for the flag --{f.name} of {cls.__name__}")
+        if kind is tuple:
+            default = None if f.default is None else [str(v) for v in f.default]
+            holders[f.name] = flags.DEFINE_list(f.name, default, texts[f.name])
+        else:
+            holders[f.name] = _DEFINE[kind](f.name, f.default, texts[f.name])
+    return holders
+
+
+def config_from_flags(cls: type, base: Any = None) -> Any:
+    """A ``cls`` from the command line: ``base`` (default ``cls()``) with the value of every flag given
+    (on the command line or in a flagfile). Raises ConfigError naming a list flag with an unusable element."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        flag = flags.FLAGS[f.name]
+        if not flag.present:
+            continue
+        kind, element = _field_type(hints[f.name])
+        value = flag.value
+        if kind is tuple and value is not None:
+            try:
+                value = tuple(element(v.strip()) for v in value)
+            except ValueError:
+                shown = ",".join(value)
+                what = "integers" if element is int else "values"
+                raise ConfigError(
+                    lambda p, n=f.name, s=shown, w=what: (
+                        f"{p(n, s)} is out of range; accepted: a comma-separated list of {w}"
+                    )
+                ) from None
+        values[f.name] = value
+    return dataclasses.replace(cls() if base is None else base, **values)
+
+
+def workdir() -> Path:
+    """--workdir; a usage error (exit 2) when it is not given."""
+    if not WORKDIR.value:
+        raise usage_error("--workdir is required (a directory for the run's outputs)")
+    return Path(WORKDIR.value)
 
 
 def usage_error(message: str) -> app.UsageError:
     """An error that absl reports with usage and exit status 2."""
     return app.UsageError(message, exitcode=2)
-
-
-def check(condition: bool, flag: str, value: Any, accepted: str) -> None:
-    if not condition:
-        raise usage_error(f"--{flag}={value} is out of range; accepted: {accepted}")
-
-
-def validate_shared(searches: tuple[str, ...] = SEARCHES) -> None:
-    """Checks the shared flags; raises a usage error (exit 2) naming the flag and its range."""
-    if not WORKDIR.value:
-        raise usage_error("--workdir is required (a directory for the run's outputs)")
-    check(NUM_ITERATIONS.value >= 1, "num_iterations", NUM_ITERATIONS.value, "an integer >= 1")
-    check(NUM_CANDIDATES.value >= 1, "num_candidates", NUM_CANDIDATES.value, "an integer >= 1")
-    check(DATASET_SIZE.value >= 1, "dataset_size", DATASET_SIZE.value, "an integer >= 1")
-    check(MTM_EPOCHS.value >= 0, "mtm_epochs", MTM_EPOCHS.value, "an integer >= 0")
-    check(SEARCH.value in searches, "search", SEARCH.value, " | ".join(searches))
-    check(POLICY_LR.value > 0, "policy_lr", POLICY_LR.value, "a float > 0")
-    check(POLICY_VARIANCE.value > 0, "policy_variance", POLICY_VARIANCE.value, "a float > 0 (a variance)")
-    check(
-        POLICY_OPTIMIZER.value in ("adam", "sgd", "rmsprop"),
-        "policy_optimizer",
-        POLICY_OPTIMIZER.value,
-        "adam | sgd | rmsprop",
-    )
-    check(
-        POLICY_GRAD_CLIP.value is None or POLICY_GRAD_CLIP.value > 0,
-        "policy_grad_clip",
-        POLICY_GRAD_CLIP.value,
-        "a float > 0, or unset",
-    )
-    check(0.0 <= BASELINE_DECAY.value < 1.0, "baseline_decay", BASELINE_DECAY.value, "a float in [0, 1)")
-    check(TRAIN_STRATEGY.value in parallel.STRATEGIES, "train_strategy", TRAIN_STRATEGY.value, str(parallel.STRATEGIES))
-    check(EVAL_STRATEGY.value in parallel.STRATEGIES, "eval_strategy", EVAL_STRATEGY.value, str(parallel.STRATEGIES))
-    check(TEST_EVERY.value >= 0, "test_every", TEST_EVERY.value, "an integer >= 0")
-    check(LOG_EVERY.value >= 0, "log_every", LOG_EVERY.value, "an integer >= 0")
-    check(CHECKPOINT_EVERY.value >= 0, "checkpoint_every", CHECKPOINT_EVERY.value, "an integer >= 0")
-    check(KEEP_CHECKPOINTS.value >= 1, "keep_checkpoints", KEEP_CHECKPOINTS.value, "an integer >= 1")
-
-
-def validate_init(spec: ParamSpec) -> None:
-    allowed = ("zeros", "random", *spec.preset_names)
-    check(INIT.value in allowed, "init", INIT.value, " | ".join(allowed))
-
-
-def lts_config(**overrides: Any) -> lts.LTSConfig:
-    values = dict(
-        num_candidates=NUM_CANDIDATES.value,
-        dataset_size=DATASET_SIZE.value,
-        mtm_epochs=MTM_EPOCHS.value,
-        retain_mtm=RETAIN_MTM.value,
-        train_strategy=TRAIN_STRATEGY.value,
-        eval_strategy=EVAL_STRATEGY.value,
-        common_sim_key=COMMON_SIM_KEY.value,
-    )
-    values.update(overrides)
-    return lts.LTSConfig(**values)
-
-
-def make_search(name: str, spec: ParamSpec) -> search.SearchStrategy:
-    """The search strategy named by ``--search``, configured from the shared flags."""
-    if name == "lts":
-        return policy.GaussianPolicy(
-            spec,
-            variance=POLICY_VARIANCE.value,
-            learn_variance=LEARN_VARIANCE.value,
-            learning_rate=POLICY_LR.value,
-            optimizer=POLICY_OPTIMIZER.value,
-            grad_clip=POLICY_GRAD_CLIP.value,
-            baseline_decay=BASELINE_DECAY.value,
-        )
-    if name == "fixed":
-        return search.FixedSearch(spec)
-    if name == "random_params":
-        return search.RandomParams(spec)
-    if name == "random_search":
-        return search.RandomSearch(spec, variance=POLICY_VARIANCE.value)
-    raise usage_error(f"--search={name} is not one of {SEARCHES}")
-
-
-def shared_flag_values() -> dict[str, Any]:
-    """All flags defined by experiment modules and this one, for flags.txt."""
-    out = {}
-    for module, module_flags in flags.FLAGS.flags_by_module_dict().items():
-        # Run with -m, an experiment's own flags are registered under its file path.
-        if module.startswith("experiments") or module == "__main__" or "/experiments/" in module:
-            for f in module_flags:
-                out[f.name] = f.value
-    return out
-
-
-def run_options() -> dict[str, Any]:
-    """The run-management keyword arguments of ``run.run_search`` from the shared flags."""
-    return dict(
-        progress=PROGRESS.value,
-        log_every=LOG_EVERY.value,
-        checkpoint_every=CHECKPOINT_EVERY.value,
-        keep_checkpoints=KEEP_CHECKPOINTS.value,
-    )
-
-
-def prepare_workdir(also_ignore: Iterable[str] = ()) -> Path:
-    """``run.prepare_workdir`` with --workdir, --overwrite and the resolved flags (checked against the run
-    already there, then written to flags.txt). Call after validation, before any work.
-
-    RUN_MANAGEMENT_FLAGS and ``also_ignore`` (an experiment's flags that change only how fast it runs)
-    may differ from the run's."""
-    return run.prepare_workdir(
-        WORKDIR.value,
-        overwrite=OVERWRITE.value,
-        config=shared_flag_values(),
-        ignore=RUN_MANAGEMENT_FLAGS | set(also_ignore),
-    )
 
 
 def flag(name: str, *value: Any) -> str:
@@ -245,8 +224,8 @@ def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
       1: a non-finite value (names the iteration), or a file could not be written
          (StorageError, CheckpointError, OSError; the message names the path), or sub-runs failed
          (SubRunsFailed; the others finished).
-      2: configuration problems (WorkdirError: flags differ from the run in the
-         workdir, unusable workdir), and flag validation (usage errors).
+      2: configuration problems: a setting out of range (ConfigError, naming the flag), flags that differ
+         from the run in the workdir (WorkdirError), an unusable workdir.
       128 + signal (130 SIGINT, 143 SIGTERM): stopped by a signal after saving a
          checkpoint; re-running the same command resumes.
     """
@@ -257,6 +236,8 @@ def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
         run.checkpoint.quiet_orbax_logs()
         try:
             main_fn()
+        except ConfigError as e:
+            raise usage_error(user_message(e)) from e
         except run.RunComplete as e:
             print(f"already complete: {user_message(e)}", file=sys.stderr)
             sys.exit(0)
@@ -275,7 +256,3 @@ def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
             sys.exit(1)
 
     return _main
-
-
-def describe_flags(values: Mapping[str, Any]) -> str:
-    return " ".join(f"--{k}={v}" for k, v in sorted(values.items()))

@@ -3,34 +3,15 @@ r"""Contact sheet of the traffic simulator: rendered scenes with their label map
 One row per weather (clear, overcast, rain, fog), one column per intersection type
 (L, T, X); each cell is the rendered image with its colour-coded label map beside
 it (Cityscapes colours) and the visible-car counts per type underneath. The other
-parameters come from ``--psi``; weather and intersection are forced by one-hot
-logits.
+parameters come from the given psi; weather and intersection are forced by one-hot
+logits. The command line is ``python -m experiments.preview --psi=val --out=sheet.png``.
 
-  python -m simulators.traffic.preview --psi=val --out=/tmp/traffic_val.png
-  python -m simulators.traffic.preview --psi=adversarial --height=192 --width=640 --out=/tmp/adv.png
-
-Host-side tool (NumPy, PIL); the sampling inside is jitted.
+Host-side tool (NumPy, PIL), not jittable; the sampling inside is jitted.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from absl import app, flags
-
-
-def _define_flags() -> dict:
-    """The command line's flags, defined only when this module runs as a program: importing it (tests,
-    experiments) must not claim global flag names such as --height."""
-    return {
-        "psi": flags.DEFINE_string("psi", "val", "a preset name (val, adversarial, default)"),
-        "out": flags.DEFINE_string("out", "traffic_preview.png", "output PNG"),
-        "height": flags.DEFINE_integer("height", 96, "image height in pixels"),
-        "width": flags.DEFINE_integer("width", 320, "image width in pixels"),
-        "seed": flags.DEFINE_integer("seed", 0, "PRNG seed"),
-        "road_length": flags.DEFINE_integer(
-            "road_length", None, "force this road length (8..18 blocks); default: from psi"
-        ),
-    }
 
 
 FORCE = 30.0  # |logit| that forces a categorical value
@@ -91,29 +72,3 @@ def contact_sheet(sim, psi, seed: int = 0, road_length: int | None = None, sampl
             counts = " ".join(f"{t[:3]}:{c}" for t, c in zip(L.CAR_TYPES, out["counts"][0]))
             draw.text((x0 + 2, y0 + h), counts, fill=(0, 0, 0))
     return np.asarray(sheet)
-
-
-def main(argv, f: dict):
-    del argv
-    from PIL import Image
-
-    from simulators.traffic import TrafficSimulator
-
-    if f["psi"].value not in ("val", "adversarial", "default"):
-        raise app.UsageError(f"--psi={f['psi'].value} is not a preset; accepted: val | adversarial | default", 2)
-    rl = f["road_length"].value
-    if rl is not None and not 8 <= rl <= 18:
-        raise app.UsageError(f"--road_length={rl} is out of range; accepted: 8..18", 2)
-    for name in ("height", "width"):
-        if f[name].value < 8:
-            raise app.UsageError(f"--{name}={f[name].value} is out of range; accepted: >= 8", 2)
-    sim = TrafficSimulator(f["height"].value, f["width"].value)
-    psi = sim.preset(f["psi"].value)
-    sheet = contact_sheet(sim, psi, seed=f["seed"].value, road_length=rl)
-    Image.fromarray(sheet).save(f["out"].value)
-    print(f"wrote {f['out'].value} ({sheet.shape[1]}x{sheet.shape[0]})")
-
-
-if __name__ == "__main__":
-    _flags = _define_flags()
-    app.run(lambda argv: main(argv, _flags))

@@ -187,7 +187,7 @@ def test_failed_checkpoint_write_stops_the_run(tmp_path, monkeypatch):
 
 # ----- workdir and stored configuration (no computation) -------------------------------------------------
 FLAGS = {"workdir": "/x", "seed": 0, "num_iterations": 10, "policy_lr": 0.2, "progress": True, "retain_mtm": False}
-MANAGEMENT = {"workdir", "progress"}  # settings that may differ (experiments: common.RUN_MANAGEMENT_FLAGS)
+MANAGEMENT = {"workdir", "progress"}  # settings that may differ (experiments: lib.common.RUN_MANAGEMENT)
 
 
 def prepare(path, config=FLAGS, **kw):
@@ -266,12 +266,6 @@ def test_sync_metrics_refuses_missing_lines(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0}\n'
 
 
-def test_flag_names_of_parameters():
-    assert common.flag("workdir") == "--workdir" and common.flag("num_iterations", 5) == "--num_iterations=5"
-    assert common.flag("overwrite", True) == "--overwrite" and common.flag("overwrite", False) == "--nooverwrite"
-    assert common.user_message(ValueError("plain")) == "plain"
-
-
 # ----- progress -----------------------------------------------------------------------------------------------
 class FakeTerminal(io.StringIO):
     def isatty(self):
@@ -312,7 +306,7 @@ def test_progress_quiet_without_terminal_or_when_disabled():
 def test_generic_figures_and_plot_redraw(tmp_path, reference):
     ref_dir, _ = reference
     shutil.copytree(ref_dir, tmp_path, dirs_exist_ok=True)
-    from experiments import plot
+    from experiments.lib import plot
 
     written = plot.redraw(tmp_path)
     assert {p.name for p in written} == {"rewards.png", "params.png"}
@@ -380,6 +374,6 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path):
         assert (workdir / png).exists()
 
     # the figure registry finds the experiment's redraw function (experiments.plot calls it)
-    from experiments import gmm_toy, plot
+    from experiments.lib import gmm_toy, plot
 
     assert plot.experiment_figures_fn(workdir) is gmm_toy.draw_figures_from_workdir

@@ -1,29 +1,27 @@
-"""Car counting (paper 4.3, appendices C-E): the metric, the split step, car_count and its sweep end to end.
+"""Car counting (paper 4.3, appendices C-E): the metric, car_count and its sweep end to end, in-process.
 
-The end-to-end tests run the experiments in subprocesses with tiny images (24x80) and networks and share
-one persistent compilation cache, so the renderer is compiled once for the module.
+The end-to-end tests run the library functions (and the quick flagfile through the command's main) with tiny
+images (24x80) and networks; they share their compiled programs (tests/conftest.py's compilation cache).
 """
 
+import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import car_count_sweep
-from lts_jax import lts
-from lts_jax.params import ParamSpec, bernoulli, categorical
+from experiments import car_count
+from experiments import car_count_sweep as car_count_sweep_cli
+from experiments.lib import car_count as lib
+from experiments.lib import car_count_sweep
+from lts_jax import lts, run
 from lts_jax.search import policy
-from lts_jax.simulator import Field, SceneSimulatorBase
-from lts_jax.tasks import TaskBase
 from lts_jax.tasks.counting import CountingTask, l1_per_type
+from tests.conftest import LinearCountTask
+from tests.experiments.conftest import FLAGFILES
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_NET = dict(features=(4, 8, 8, 8), hidden=8)
 # Tiny sizes on top of the quick flagfile: the quick flagfile's knobs, a test's cost.
 TINY_FLAGS = [
@@ -31,19 +29,6 @@ TINY_FLAGS = [
     "--val_size=16", "--test_size=16", "--test_every=2", "--reference_iterations=2", "--final_window=2",
     "--mtm_features=4,8,8,8", "--mtm_hidden=8", "--mtm_batch_size=8", "--render_chunk=16", "--noprogress",
 ]  # fmt: skip
-
-
-def _run(args, cache_dir, timeout=600):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    # Compile fast: XLA's CPU optimisations only cost compile time at these sizes.
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    cmd = [sys.executable, "-m", *args, f"--compile_cache_dir={cache_dir}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
 
 
 # ----- the metric ----------------------------------------------------------------------------------------------
@@ -69,116 +54,35 @@ def test_counting_metric_is_l1_averaged_over_types():
     np.testing.assert_allclose(l1_per_type(jnp.asarray(pred), jnp.asarray(counts), jnp.asarray(w)), ref, rtol=1e-5)
 
 
-# ----- the split step equals lts.make_step ------------------------------------------------------------------------
-class BoxesSimulator(SceneSimulatorBase):
-    """A cheap scene simulator in the traffic simulator's shape: scenes are car slots of 5 types,
-    rendering paints each present car as a coloured box; counts per type."""
-
-    height, width = 16, 16
-    outputs = {
-        "image": Field((16, 16, 3), np.uint8),
-        "counts": Field((5,), np.int32),
-        "label": Field((16, 16), np.uint8),
-    }
-
-    def __init__(self):
-        self.spec = ParamSpec([bernoulli("car_presence"), categorical("car_type", 5)])
-
-    def sample_scenes(self, key, psi, num):
-        raw = self.spec.split(psi)
-        k1, k2 = jax.random.split(key)
-        present = jax.random.logistic(k1, (num, 8)) < raw["car_presence"][0]
-        kind = jax.random.categorical(k2, raw["car_type"], shape=(num, 8))
-        return {"present": present, "kind": kind}
-
-    def render(self, scenes):
-        present, kind = scenes["present"], scenes["kind"]
-        colour = (kind[..., None] + 1) * 40 * present[..., None]  # [n, 8, 1]
-        image = jnp.zeros((present.shape[0], 16, 16, 3), jnp.uint8)
-        image = image + jnp.repeat(colour, 2, axis=1)[:, :, None, :].astype(jnp.uint8)  # slot b -> rows 2b, 2b+1
-        counts = jnp.stack([jnp.sum(present & (kind == t), axis=1) for t in range(5)], axis=1).astype(jnp.int32)
-        return {"image": image, "counts": counts, "label": image[..., 0]}
-
-
-class LinearCountTask(TaskBase):
-    """Counts as a linear function of the image's mean colour, fitted by a few gradient steps on L1; cheap to
-    compile, so the test is about the step's orchestration, not the CNN."""
-
-    data_keys = ("image", "counts")
-
-    def init(self, key):
-        return {"w": 0.01 * jax.random.normal(key, (4, 5))}
-
-    def _features(self, images):
-        x = images.astype(jnp.float32).mean(axis=(1, 2)) / 255.0
-        return jnp.concatenate([x, jnp.ones((x.shape[0], 1))], axis=1)
-
-    def train(self, state, data, key, epochs):
-        x, y = self._features(data["image"]), data["counts"].astype(jnp.float32)
-        noise = 0.01 * jax.random.normal(key, (epochs,))  # uses the key, as a shuffling task would
-
-        def body(w, n):
-            return w - (0.5 + n) * jax.grad(lambda w: jnp.mean(jnp.abs(x @ w - y)))(w), None
-
-        w, _ = jax.lax.scan(body, state["w"], noise)
-        return {"w": w}
-
-    def evaluate(self, state, data):
-        per_type = l1_per_type(self._features(data["image"]) @ state["w"], data["counts"])
-        return {"reward": -jnp.mean(per_type), "l1": jnp.mean(per_type), "l1_per_type": per_type}
-
-
-def test_split_step_equals_lts_make_step():
-    """Same keys, same metrics, same state as Algorithm 1's one-jit step (AMTM and test data included)."""
-    sim = BoxesSimulator()
-    task = LinearCountTask()
-    pol = policy.GaussianPolicy(sim.spec, learning_rate=0.1)
-    config = lts.LTSConfig(num_candidates=3, dataset_size=6, mtm_epochs=2, retain_mtm=True, train_strategy="map")
-    val = sim.sample_dataset(jax.random.key(10), sim.spec.zeros(), 12)
-    test = sim.sample_dataset(jax.random.key(11), sim.spec.zeros(), 7)
-    np.testing.assert_array_equal(val["counts"], sim.sample(jax.random.key(10), sim.spec.zeros(), 12)["counts"])
-    fused = lts.make_step(config, sim, task, pol)
-    split = lts.make_split_step(config, sim, task, pol, programs=lts.Programs())
-    s0 = lts.init_state(config, task, pol, jax.random.key(0), np.full(sim.spec.dim, 0.3, np.float32))
-    a, b = s0, s0
-    for i in range(2):
-        key = jax.random.fold_in(jax.random.key(1), i)
-        a, ma = fused(a, key, val, test)
-        b, mb = split(b, key, val, test)
-        assert set(ma) == set(mb)
-        for k in ma:
-            np.testing.assert_allclose(np.asarray(mb[k]), np.asarray(ma[k]), rtol=2e-5, atol=2e-6, err_msg=k)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-5, atol=2e-6)
-
-
 # ----- flags ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "args, flag",
     [
         (["--mtm_lr=-1"], "mtm_lr"),
         (["--mtm_loss=l3"], "mtm_loss"),
+        (["--mtm_features=4,x"], "mtm_features"),
         (["--search=fixed", "--fixed_params=final"], "final_from"),
+        (["--search=fixed", "--fixed_params=final", "--final_from=/nowhere"], "final_from"),
         (["--simulator=carla"], "carla_hosts"),
     ],
 )
-def test_bad_flags_exit_2_naming_the_flag(tmp_path, cache_dir, args, flag):
-    proc = _run(["experiments.car_count", f"--workdir={tmp_path / 'w'}", *args], cache_dir, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"--{flag}" in proc.stderr
+def test_bad_flags_exit_2_naming_the_flag(tmp_path, cli, args, flag):
+    status, err = cli(car_count.main, f"--workdir={tmp_path / 'w'}", *args)
+    assert status == 2 and f"--{flag}" in err, err[-2000:]
     assert not (tmp_path / "w").exists()  # validated before any work
 
 
 # ----- end to end ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_car_count_quick_flagfile_tiny(tmp_path, cache_dir):
+def test_car_count_quick_flagfile_tiny(tmp_path, cli):
     workdir = tmp_path / "cc"
-    flagfile = ROOT / "experiments/flags/car_count_quick.flags"
-    proc = _run(["experiments.car_count", f"--flagfile={flagfile}", f"--workdir={workdir}", *TINY_FLAGS], cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    flagfile = FLAGFILES / "car_count_quick.flags"
+    status, err = cli(car_count.main, f"--flagfile={flagfile}", f"--workdir={workdir}", *TINY_FLAGS)
+    assert status == 0, err[-3000:]
     r = json.loads((workdir / "results.json").read_text())
     assert r["experiment"] == "car_count" and r["simulator"]["name"] == "traffic"
     assert r["simulator"]["height"] == 24 and r["simulator"]["width"] == 80
+    assert r["config"]["mtm_lr"] == 0.003 and r["config"]["policy_lr"] == 0.2  # the flagfile's
     assert set(r["test_reward"]) >= {"lts", "lts_amtm", "psi_real"}
     assert all(np.isfinite(v) and v <= 0 for v in r["test_reward"].values())
     assert len(r["val_reward_curve"]) == 3 and r["test_reward_curve"]["step"] == [0, 2]
@@ -190,39 +94,61 @@ def test_car_count_quick_flagfile_tiny(tmp_path, cache_dir):
         assert len(row["params"]["car_type"]["logits"]) == 5 and len(row["params"]["weather"]["logits"]) == 4
         assert "amtm_val_reward" in row and "reward_mean" in row
     assert (workdir / "car_count.png").stat().st_size > 5000
+    assert run.read_config(workdir)["mtm_features"] == "['4', '8', '8', '8']"  # flags.txt as before
+    # the render chunk changes only how fast a run goes: the same run, already complete
+    status, err = cli(car_count.main, f"--flagfile={flagfile}", f"--workdir={workdir}", *TINY_FLAGS,
+                      "--render_chunk=8")  # fmt: skip
+    assert status == 0 and "already complete" in err, err[-2000:]
 
 
 @pytest.mark.slow
-def test_sweep_tiny_figures_and_resume(tmp_path, cache_dir):
+def test_sweep_tiny_figures_and_resume(tmp_path, cli):
     workdir, summary_dir = tmp_path / "sweep", tmp_path / "summary"
     # One xi and one M: every sub-run shares the compiled training program (the figure code is under test).
-    args = ["experiments.car_count_sweep", "--scale=tiny", f"--workdir={workdir}", f"--summary_dir={summary_dir}",
-            "--xi_values=1", "--m_values=8", "--noprogress"]  # fmt: skip
-    proc = _run(args, cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    s = json.loads((summary_dir / "sweep_results.json").read_text())
+    cfg = car_count_sweep.scaled("tiny", xi_values=(1,), m_values=(8,), progress=False, summary_dir=str(summary_dir))
+    lines = []
+    s = car_count_sweep.train_and_evaluate(cfg, workdir, log=lines.append)
+    on_disk = json.loads((summary_dir / "sweep_results.json").read_text())
+    assert on_disk["analysis"] == json.loads(json.dumps(s["analysis"]))
     expected = {"psi_real", "lts_random", "lts_adversarial", "lts_adversarial_crowded", "random_params", "final_params",
                 "lts_seed1"}  # fmt: skip
     assert set(s["runs"]) == expected
     assert all(v["status"] == "done" for v in s["runs"].values()), {k: v.get("error") for k, v in s["runs"].items()}
     assert s["big"]["M8"]["status"] == "done" and s["big"]["psi_real"]["test_l1"] > 0
+    assert (workdir / "runs" / "lts_random" / "subrun.json").is_file() and (workdir / "big" / "M8").is_dir()
     a = s["analysis"]
     assert set(a["final_test_reward"]) == expected and a["psi_real_reward"]["test"] < 0
     assert "lts_beats_random_params" in a["targets"]
     for name in ("fig4.png", "fig5.png", "fig7.png", "fig8.png", "fig9.png"):
         assert (summary_dir / name).stat().st_size > 10_000, name
     assert "| comparison |" in (summary_dir / "sweep_table.md").read_text()
-    # Re-running resumes: finished sub-runs are reused, not recomputed.
-    proc = _run(args, cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    s2 = json.loads((summary_dir / "sweep_results.json").read_text())
-    assert all(v.get("reused") for v in s2["runs"].values())
+    # Re-running reuses the finished sub-runs (their configuration matches), nothing is recomputed.
+    s2 = car_count_sweep.train_and_evaluate(cfg, workdir, log=lines.append)
+    assert all(v.get("reused") for v in s2["runs"].values()) and all(v.get("reused") for v in s2["big"].values())
     assert s2["analysis"]["final_test_reward"] == a["final_test_reward"]
+    # Another configuration of the sub-runs is refused before any work, naming the setting.
+    with pytest.raises(run.WorkdirError) as err:
+        car_count_sweep.train_and_evaluate(dataclasses.replace(cfg, num_iterations=4), workdir, log=lines.append)
+    assert {d[0] for d in err.value.differences} == {"num_iterations"}
     # --redraw needs only the summary directory (e.g. experiments/results/...): figures come back from the JSON.
     (summary_dir / "fig5.png").unlink()
-    proc = _run(["experiments.car_count_sweep", "--redraw", f"--summary_dir={summary_dir}"], cache_dir, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, err = cli(car_count_sweep_cli.main, "--redraw", f"--summary_dir={summary_dir}")
+    assert status == 0, err[-3000:]
     assert (summary_dir / "fig5.png").stat().st_size > 10_000
+
+
+def test_sweep_scales_and_flags(cli, tmp_path):
+    """--scale presets the sizes, flags given explicitly win; the quick scale is SweepConfig's defaults."""
+    assert car_count_sweep.scaled("quick") == car_count_sweep.SweepConfig()
+    paper = car_count_sweep.scaled("paper")
+    assert (paper.height, paper.num_iterations, paper.m_values, paper.compute_dtype) == (96, 300, (20, 50, 100, 200),
+                                                                                         "bfloat16")  # fmt: skip
+    status, err = cli(car_count_sweep_cli.main, f"--workdir={tmp_path / 'w'}", "--scale=huge")
+    assert status == 2 and "--scale=huge is out of range; accepted: tiny | quick | paper" in err
+    status, err = cli(car_count_sweep_cli.main, f"--workdir={tmp_path / 'w'}", "--only=lts_random,nope")
+    assert status == 2 and "--only=lts_random,nope is out of range" in err
+    status, err = cli(car_count_sweep_cli.main, "--redraw", f"--summary_dir={tmp_path / 'none'}")
+    assert status == 2 and "--redraw: " in err and "sweep_results.json does not exist" in err
 
 
 def test_sweep_summary_survives_failed_runs(tmp_path):
@@ -288,7 +214,6 @@ def test_carla_renderer_and_lost_servers(tmp_path):
     """Data sets rendered host-level (sample_dataset, the split step's path) match sample under jit; when every
     server is gone the run stops with SimulatorUnavailable naming the hosts (the pool's error crossed the
     bridge), and the last good iteration is checkpointed."""
-    from experiments import car_count
     from lts_jax.run import checkpoint
     from simulators.carla import CarlaPool, CarlaSimulator
     from simulators.carla.testing import FakeSession, FakeTraffic
@@ -306,12 +231,13 @@ def test_carla_renderer_and_lost_servers(tmp_path):
     pool = CarlaPool("a:1,b:2", lambda h, p: FlakySession(h, p, ok=12 + 2 * 4), max_retries=0, backoff_s=0.0)
     sim = CarlaSimulator(None, 16, 16, traffic=traffic, pool=pool, keep=("image", "counts"))
     val, test = sim.sample_dataset(jax.random.key(1), psi, 6), sim.sample_dataset(jax.random.key(2), psi, 6)  # 12
-    ctx = car_count.Context(sim, LinearCountTask(), lts.Programs(), val, test, {"name": "traffic"})
-    cfg = car_count.Config(progress=False, log_every=0, checkpoint_every=0)
-    config = lts.LTSConfig(num_candidates=2, dataset_size=2, mtm_epochs=1)  # 4 renders per iteration: 2 succeed
+    ctx = lib.Context(sim, LinearCountTask(), lts.Programs(), val, test, {"name": "traffic"})
+    # 4 renders per iteration: 2 succeed
+    cfg = lib.CarCountConfig(num_candidates=2, dataset_size=2, mtm_epochs=1, retain_mtm=False, common_sim_key=False,
+                             progress=False, log_every=0, checkpoint_every=0)  # fmt: skip
     pol = policy.GaussianPolicy(traffic.spec)
-    with pytest.raises(car_count.SimulatorUnavailable, match="a:1"):
-        car_count.run_search(cfg, config, pol, np.zeros(traffic.spec.dim, np.float32), tmp_path, ctx,
-                             jax.random.key(0), num_iterations=5, test_every=0)  # fmt: skip
+    with pytest.raises(lib.SimulatorUnavailable, match="a:1"):
+        lib.run_search(cfg, pol, np.zeros(traffic.spec.dim, np.float32), tmp_path, ctx, jax.random.key(0),
+                       num_iterations=5, test_every=0)  # fmt: skip
     assert checkpoint.list_steps(tmp_path / "checkpoints")[-1] == 2
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

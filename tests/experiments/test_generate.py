@@ -1,8 +1,6 @@
 """experiments.generate: a data set rendered with a run's learned psi, in KITTI's layout; resumable; no overwrite."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +8,13 @@ import pytest
 from PIL import Image
 
 import simulators
-from experiments import generate
+from experiments import generate as generate_cli
+from experiments.lib import generate
 from lts_jax.data import kitti
 from simulators import gmm
 from simulators.traffic import TrafficSimulator
 from simulators.traffic import layout as L
 
-ROOT = Path(__file__).resolve().parents[1]
 H, W = 24, 80
 LABEL_IDS = {7, 8, 11, 21, 22, 23, 26}
 
@@ -44,7 +42,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
 def test_traffic_export_in_kitti_layout_resumable(tmp_path):
     run = traffic_run(tmp_path / "run")
     out = tmp_path / "out"
-    summary = generate.generate(run, out, 5, chunk_size=2, progress=False)
+    summary = generate.generate(generate.GenerateConfig(out=str(out), num=5, chunk_size=2, progress=False), run)
     assert summary["rendered_now"] == 5 and summary["chunks"] == 3
     names = [generate.example_name(i) for i in range(5)]
     assert names[0] == "000000_10"
@@ -66,17 +64,17 @@ def test_traffic_export_in_kitti_layout_resumable(tmp_path):
     (out / ".chunks" / "000001.jsonl").unlink()
     (out / "image_2" / "000003_10.png").unlink()
     (out / "counts.jsonl").unlink()
-    resumed = generate.generate(run, out, 5, chunk_size=2, progress=False)
+    resumed = generate.generate(generate.GenerateConfig(out=str(out), num=5, chunk_size=2, progress=False), run)
     assert resumed["rendered_now"] == 2
     assert snapshot(out) == first  # bitwise the same data set
 
     with pytest.raises(generate.AlreadyComplete):
-        generate.generate(run, out, 5, chunk_size=2, progress=False)
+        generate.generate(generate.GenerateConfig(out=str(out), num=5, chunk_size=2, progress=False), run)
     with pytest.raises(generate.GenerateError, match="holds a different data set .*differs in: num"):
-        generate.generate(run, out, 3, chunk_size=2, progress=False)
+        generate.generate(generate.GenerateConfig(out=str(out), num=3, chunk_size=2, progress=False), run)
 
-    # --overwrite starts over; example i does not depend on --num
-    generate.generate(run, out, 3, chunk_size=2, overwrite=True, progress=False)
+    # overwrite starts over; example i does not depend on num
+    generate.generate(generate.GenerateConfig(out=str(out), num=3, chunk_size=2, overwrite=True, progress=False), run)
     assert kitti.list_names(out) == names[:3]
     again = snapshot(out)
     for name in names[:3]:
@@ -95,7 +93,7 @@ def test_gmm_run_exports_points(tmp_path):
             "psi_raw": psi.tolist(),
         },
     )
-    generate.generate(run, tmp_path / "out", 10, progress=False)
+    generate.generate(generate.GenerateConfig(out=str(tmp_path / "out"), num=10, progress=False), run)
     rows = (tmp_path / "out" / "points.csv").read_text().splitlines()
     assert rows[0] == "x0,x1,label" and len(rows) == 11
     labels = [int(r.split(",")[2]) for r in rows[1:]]
@@ -104,25 +102,25 @@ def test_gmm_run_exports_points(tmp_path):
 
 def test_bad_requests_name_the_problem(tmp_path):
     with pytest.raises(generate.GenerateError, match=r"run/results.json does not exist"):
-        generate.generate(tmp_path / "run", tmp_path / "out", 2)
+        generate.generate(generate.GenerateConfig(out=str(tmp_path / "out"), num=2), tmp_path / "run")
     run = write_run(tmp_path / "r1", {"experiment": "car_count", "psi_raw": [0.0]})
     with pytest.raises(generate.GenerateError, match="no 'simulator' entry"):
-        generate.generate(run, tmp_path / "out", 2)
+        generate.generate(generate.GenerateConfig(out=str(tmp_path / "out"), num=2), run)
     with pytest.raises(generate.GenerateError, match="'unity' is not supported"):
         generate.simulator_config({"simulator": {"name": "unity"}})
-    with pytest.raises(generate.GenerateError, match="pass --height"):
+    with pytest.raises(generate.GenerateError, match="pass height"):
         generate.simulator_config({"simulator": {"name": "traffic"}})
     # height/width: "simulator" first, then "config", then the flags
     cfg = generate.simulator_config({"simulator": {"name": "traffic", "width": 64}, "config": {"height": 16}}, 8, 8)
     assert (cfg["height"], cfg["width"]) == (16, 64)
     run = write_run(tmp_path / "r2", {"simulator": {"name": "traffic", "height": H, "width": W}, "psi_raw": [0.0, 1.0]})
     with pytest.raises(generate.GenerateError, match="psi_raw has shape"):
-        generate.generate(run, tmp_path / "out", 2)
-    with pytest.raises(generate.GenerateError, match="--num=0 is out of range"):
-        generate.generate(run, tmp_path / "out", 0)
+        generate.generate(generate.GenerateConfig(out=str(tmp_path / "out"), num=2), run)
+    with pytest.raises(generate.GenerateError, match="num=0 is out of range"):
+        generate.generate(generate.GenerateConfig(out=str(tmp_path / "out"), num=0), run)
 
 
-def test_cli_refuses_to_overwrite(tmp_path):
+def test_cli_refuses_to_overwrite(tmp_path, cli):
     run = write_run(
         tmp_path / "run",
         {"experiment": "gmm_toy", "simulator": {"name": "gmm", "num_gaussians": 1}, "psi_raw": [0.0] * 8},
@@ -130,16 +128,12 @@ def test_cli_refuses_to_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.generate", f"--workdir={run}", f"--out={out}", "--num=4"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"--out {out} is not empty" in proc.stderr
+    status, err = cli(generate_cli.main, f"--workdir={run}", f"--out={out}", "--num=4")
+    assert status == 2, err[-2000:]
+    assert f"--out {out} is not empty" in err and "pass --overwrite" in err
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    status, err = cli(generate_cli.main, f"--workdir={run}", f"--out={out}")
+    assert status == 2 and "--num is required" in err
 
 
 def test_simulator_entries_old_and_new_rebuild_a_pure_jax_renderer():

@@ -1,0 +1,197 @@
+"""What the experiments' library halves share: configuration base classes, their checks, what they build.
+
+A configuration is a frozen dataclass whose fields hold every default of an experiment; its fields are named
+like the flags the command line defines from them (``experiments/common.py``), DESIGN.md's shared names
+included. Nothing here reads a flag: a :class:`ConfigError` names a field through a name function, as
+``lts_jax.run``'s errors do (``num_iterations=0`` here, ``--num_iterations=0`` on the command line).
+
+    cfg = GmmToyConfig(num_iterations=5)      # a subclass of SearchConfig
+    validate_search(cfg)                      # ConfigError naming the field
+    step = lts.make_step(lts_config(cfg), sim, task, search_strategy(cfg, sim.spec))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from lts_jax import lts, parallel, run, search
+from lts_jax.optim import OPTIMIZERS
+from lts_jax.params import ParamSpec
+
+SEARCHES = ("lts", "fixed", "random_params", "random_search")
+# Settings that change how a run is managed, not what it computes: they may differ from a run's stored ones.
+RUN_MANAGEMENT = frozenset({"workdir", "overwrite", "progress", "log_every", "checkpoint_every", "keep_checkpoints"})
+
+
+class ConfigError(run.RunError, ValueError):
+    """A configuration value that cannot be used; the message names the setting (``RunError.render``)."""
+
+
+def out_of_range(name: str, value: Any, accepted: str) -> ConfigError:
+    return ConfigError(lambda p: f"{p(name, value)} is out of range; accepted: {accepted}")
+
+
+def check(condition: bool, name: str, value: Any, accepted: str) -> None:
+    """Raises ConfigError ``NAME=VALUE is out of range; accepted: ACCEPTED`` unless ``condition``."""
+    if not condition:
+        raise out_of_range(name, value, accepted)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """How a run is managed (RUN_MANAGEMENT: re-running with other values resumes the same run)."""
+
+    overwrite: bool = False
+    progress: bool = True
+    log_every: int = 10
+    checkpoint_every: int = run.DEFAULT_CHECKPOINT_EVERY
+    keep_checkpoints: int = run.DEFAULT_KEEP_CHECKPOINTS
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchConfig(RunConfig):
+    """DESIGN.md's shared settings of a search run: K, M, xi, AMTM, the search and its policy.
+
+    An experiment subclasses it and redeclares the fields whose defaults are its own.
+    """
+
+    seed: int = 0
+    num_iterations: int = 100
+    num_candidates: int = 8
+    dataset_size: int = 100
+    mtm_epochs: int = 1
+    retain_mtm: bool = False
+    common_sim_key: bool = False
+    train_strategy: str = "auto"
+    eval_strategy: str = "auto"
+    search: str = "lts"
+    init: str = "random"
+    policy_lr: float = 0.05
+    policy_optimizer: str = "adam"
+    policy_variance: float = 0.05
+    learn_variance: bool = False
+    policy_grad_clip: float | None = None
+    baseline_decay: float = 0.9
+
+
+def validate_run(cfg: RunConfig) -> None:
+    check(cfg.log_every >= 0, "log_every", cfg.log_every, "an integer >= 0")
+    check(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every, "an integer >= 0")
+    check(cfg.keep_checkpoints >= 1, "keep_checkpoints", cfg.keep_checkpoints, "an integer >= 1")
+
+
+def validate_search(cfg: SearchConfig, searches: tuple[str, ...] = SEARCHES) -> None:
+    """Checks the shared settings; raises ConfigError naming the first bad one and its range."""
+    check(cfg.num_iterations >= 1, "num_iterations", cfg.num_iterations, "an integer >= 1")
+    check(cfg.num_candidates >= 1, "num_candidates", cfg.num_candidates, "an integer >= 1")
+    check(cfg.dataset_size >= 1, "dataset_size", cfg.dataset_size, "an integer >= 1")
+    check(cfg.mtm_epochs >= 0, "mtm_epochs", cfg.mtm_epochs, "an integer >= 0")
+    check(cfg.search in searches, "search", cfg.search, " | ".join(searches))
+    check(cfg.policy_lr > 0, "policy_lr", cfg.policy_lr, "a float > 0")
+    check(cfg.policy_variance > 0, "policy_variance", cfg.policy_variance, "a float > 0 (a variance)")
+    check(cfg.policy_optimizer in OPTIMIZERS, "policy_optimizer", cfg.policy_optimizer, " | ".join(OPTIMIZERS))
+    clip = cfg.policy_grad_clip
+    check(clip is None or clip > 0, "policy_grad_clip", clip, "a float > 0, or unset")
+    check(0.0 <= cfg.baseline_decay < 1.0, "baseline_decay", cfg.baseline_decay, "a float in [0, 1)")
+    check(cfg.train_strategy in parallel.STRATEGIES, "train_strategy", cfg.train_strategy, str(parallel.STRATEGIES))
+    check(cfg.eval_strategy in parallel.STRATEGIES, "eval_strategy", cfg.eval_strategy, str(parallel.STRATEGIES))
+    validate_run(cfg)
+
+
+def init_names(spec: ParamSpec) -> list[str]:
+    """What ``init`` accepts for a simulator: zeros, random and its presets."""
+    return ["zeros", "random", *spec.preset_names]
+
+
+def validate_init(cfg: SearchConfig, names: Iterable[str]) -> None:
+    names = list(names)
+    check(cfg.init in names, "init", cfg.init, " | ".join(names))
+
+
+def lts_config(cfg: SearchConfig, **overrides: Any) -> lts.LTSConfig:
+    """The LTSConfig of a run (K, M, xi, AMTM, executors, common simulator key); ``overrides`` win."""
+    values = dict(
+        num_candidates=cfg.num_candidates,
+        dataset_size=cfg.dataset_size,
+        mtm_epochs=cfg.mtm_epochs,
+        retain_mtm=cfg.retain_mtm,
+        train_strategy=cfg.train_strategy,
+        eval_strategy=cfg.eval_strategy,
+        common_sim_key=cfg.common_sim_key,
+    )
+    values.update(overrides)
+    return lts.LTSConfig(**values)
+
+
+def make_search(name: str, spec: ParamSpec, *, variance: float = 0.05, **policy: Any) -> search.SearchStrategy:
+    """The search strategy ``name`` (one of SEARCHES) over ``spec``.
+
+    ``variance``: sigma^2 of the Gaussian policy ("lts") and of random search's steps; ``policy``: the other
+    keyword arguments of ``GaussianPolicy`` (learning_rate, optimizer, grad_clip, baseline_decay, ...).
+    """
+    if name == "lts":
+        return search.GaussianPolicy(spec, variance=variance, **policy)
+    if name == "fixed":
+        return search.FixedSearch(spec)
+    if name == "random_params":
+        return search.RandomParams(spec)
+    if name == "random_search":
+        return search.RandomSearch(spec, variance=variance)
+    raise ValueError(f"unknown search {name!r}; choose one of {', '.join(SEARCHES)}")
+
+
+def search_strategy(cfg: SearchConfig, spec: ParamSpec, name: str | None = None) -> search.SearchStrategy:
+    """:func:`make_search` of ``name`` (default ``cfg.search``) with the policy settings of ``cfg``."""
+    return make_search(
+        name or cfg.search,
+        spec,
+        variance=cfg.policy_variance,
+        learn_variance=cfg.learn_variance,
+        learning_rate=cfg.policy_lr,
+        optimizer=cfg.policy_optimizer,
+        grad_clip=cfg.policy_grad_clip,
+        baseline_decay=cfg.baseline_decay,
+    )
+
+
+def run_options(cfg: RunConfig) -> dict[str, Any]:
+    """The run-management keyword arguments of ``run.run_search``."""
+    return dict(
+        progress=cfg.progress,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints,
+    )
+
+
+def record(cfg: Any, **extra: Any) -> dict[str, Any]:
+    """The stored settings of a run (flags.txt, a sub-run's record): every field of ``cfg``, tuples as the
+    command line writes lists (``['16', '32']``), plus ``extra``."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = [str(v) for v in value] if isinstance(value, tuple) else value
+    out.update(extra)
+    return out
+
+
+def prepare_workdir(cfg: RunConfig, workdir: str | os.PathLike, also_ignore: Iterable[str] = ()) -> Path:
+    """``run.prepare_workdir`` with the run's settings: resume, extend, "already complete" (RunComplete), or
+    WorkdirError listing the settings that differ. RUN_MANAGEMENT and ``also_ignore`` (settings that change
+    only how fast a run goes) may differ. Call after validation, before any work."""
+    return run.prepare_workdir(
+        workdir,
+        overwrite=cfg.overwrite,
+        config=record(cfg, workdir=str(workdir)),
+        ignore=RUN_MANAGEMENT | set(also_ignore),
+    )
+
+
+def fields_of(cls: type, cfg: Any, **overrides: Any) -> Any:
+    """A ``cls`` (a base class of ``cfg``'s) with ``cfg``'s values of its fields, then ``overrides``."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+    return cls(**{**values, **overrides})
