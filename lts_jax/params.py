@@ -208,6 +208,52 @@ class ParamSpec:
                 out[b.name] = {"mean": raw[..., : b.size], "variance": jnp.exp(raw[..., b.size :])}
         return out
 
+    def check_floor(self, floor: float) -> float:
+        """``floor`` as a float, or ValueError unless every learnable categorical/Bernoulli block can keep it.
+
+        A categorical of ``n`` values needs ``0 <= floor < 1 / n``, a Bernoulli ``0 <= floor < 0.5``.
+        """
+        floor = float(floor)
+        for b in self.blocks:
+            if b.frozen or b.kind == "gaussian":
+                continue
+            limit = 1.0 / b.size if b.kind == "categorical" else 0.5
+            if not 0.0 <= floor < limit:
+                raise ValueError(
+                    f"probability floor {floor} is out of range for block {b.name!r} ({b.kind}, size {b.size}); "
+                    f"accepted: 0 <= floor < {limit:g}"
+                )
+        return floor
+
+    def floor_probabilities(self, psi: jax.Array, floor: float) -> jax.Array:
+        """psi [..., dim] projected so every learnable categorical/Bernoulli probability is >= ``floor`` (jittable).
+
+        The projection is the information projection (least KL(p' || p)) onto {p' >= floor}:
+          - a categorical becomes ``p'_i = max(floor, c * p_i)`` with the one ``c <= 1`` that makes p' sum to 1, so
+            the odds between the categories above the floor are kept; only the logits of the floored categories
+            change (set to ``logsumexp(logits) + log(floor / c)``), the others are returned as they were;
+          - a Bernoulli logit is clipped to ``[logit(floor), logit(1 - floor)]``.
+        Entries that already satisfy the floor, frozen blocks and Gaussian blocks are returned unchanged (bitwise),
+        so ``floor = 0`` is the identity. ``floor`` is a Python float (see :meth:`check_floor` for its range).
+        """
+        floor = self.check_floor(floor)
+        if floor == 0.0:
+            return psi
+        psi = jnp.asarray(psi)
+        out = psi
+        for b in self.blocks:
+            if b.frozen or b.kind == "gaussian":
+                continue
+            sl = self.slices[b.name]
+            x = psi[..., sl]
+            if b.kind == "bernoulli":
+                bound = math.log(floor) - math.log1p(-floor)
+                new = jnp.clip(x, bound, -bound)
+            else:
+                new = _floor_categorical(x, floor)
+            out = out.at[..., sl].set(new)
+        return out
+
     def describe(self, psi) -> dict[str, Any]:
         """JSON-ready readable description of one concrete psi [dim].
 
@@ -350,6 +396,26 @@ class ParamSpec:
         if how in self._presets:
             return self.preset(how)
         raise KeyError(f"unknown initialisation {how!r}; choose zeros, random or one of {self.preset_names}")
+
+
+def _floor_categorical(x: jax.Array, floor: float) -> jax.Array:
+    """Logits x [..., n] whose softmax is ``max(floor, c * softmax(x))`` summing to 1 (see floor_probabilities).
+
+    With the probabilities sorted ascending, flooring the ``m`` smallest gives ``c_m = (1 - m * floor) / S_m``
+    (``S_m``: the sum of the others); the answer is the smallest ``m`` whose next probability stays above the
+    floor after scaling, ``c_m * p_(m) >= floor`` (``m = n - 1`` always qualifies when ``floor < 1 / n``).
+    """
+    n = x.shape[-1]
+    lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    log_p = x - lse
+    order = jnp.argsort(log_p, axis=-1)
+    log_sorted = jnp.take_along_axis(log_p, order, axis=-1)
+    suffix = jnp.flip(jnp.cumsum(jnp.flip(jnp.exp(log_sorted), -1), axis=-1), -1)  # S_m, [..., n]
+    log_c = jnp.log1p(-jnp.arange(n) * floor) - jnp.log(suffix)
+    m = jnp.argmax(log_c + log_sorted >= math.log(floor), axis=-1)[..., None]  # the first m that qualifies
+    log_c_m = jnp.take_along_axis(log_c, m, axis=-1)
+    floored = jnp.argsort(order, axis=-1) < m  # rank below m
+    return jnp.where(floored, lse + math.log(floor) - log_c_m, x)
 
 
 def logit(p: float) -> float:

@@ -1,4 +1,4 @@
-"""The Gaussian policy: log-prob, REINFORCE, EMA baseline, learning."""
+"""The Gaussian policy: log-prob, REINFORCE, EMA baseline, learning (its options: test_policy_options.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ def test_reinforce_gradient_matches_analytic_on_quadratic_bandit():
     K = 200_000
     psi = pol.ask(jax.random.key(1), state, K)
     rewards = -((psi[:, 0] - 3.0) ** 2)
-    g = float(pol.reinforce_gradient(state, psi, rewards)[0])
+    g = float(pol.reinforce_gradient(state, psi, rewards)["mean"][0])
     analytic = -2 * (w - 3)
     # standard error of the estimator, from the per-sample terms
     score = (psi[:, 0] - w) / 0.05
