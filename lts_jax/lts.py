@@ -83,6 +83,13 @@ class LTSConfig:
       num_devices: devices the K candidates are split over (``parallel.candidate_mesh``; with
         several processes, the global count); K must be a multiple of it. 1: one device, the
         programs of a run without sharding.
+      candidates_from_amtm: the K per-iteration MTMs fine-tune the AMTM as it stands before the
+        iteration (Algorithm 1's "fine-tune the retained model"; needs ``retain_mtm``) instead of
+        starting from ``task.init``. Why: a model trained from scratch on M examples for xi epochs may
+        learn no more than the label prior, and then every reward measures only how close the
+        candidate's label distribution is to the validation set's; the AMTM, trained on every
+        iteration's K x M examples, becomes a competent model whose fine-tuned copies show what each
+        candidate's data does to it.
     """
 
     num_candidates: int = 8
@@ -96,6 +103,7 @@ class LTSConfig:
     common_sim_key: bool = False
     common_train_key: bool = False
     num_devices: int = 1
+    candidates_from_amtm: bool = False
 
     def __post_init__(self):
         checks = [
@@ -108,6 +116,8 @@ class LTSConfig:
             if not ok:
                 raise ValueError(f"{name} = {getattr(self, name)} is out of range; accepted: {accepted}")
         parallel.check_divisible(self.num_candidates, self.num_devices)
+        if self.candidates_from_amtm and not self.retain_mtm:
+            raise ValueError("candidates_from_amtm = True needs retain_mtm = True (the AMTM they fine-tune)")
         for name in ("train_strategy", "eval_strategy"):
             value = getattr(self, name)
             try:
@@ -239,15 +249,26 @@ class _Phases:
         _, _, k_init, k_train, k_amtm = self.keys(key)
         init_keys, init_axis = (k_init, None) if config.common_mtm_init else (jax.random.split(k_init, K), 0)
         train_keys, train_axis = (k_train, None) if config.common_train_key else (jax.random.split(k_train, K), 0)
-        mtms = parallel.run_candidates(
-            lambda d, ki, kt: task.train(task.init(ki), d, kt, xi),
-            self.train_strategy,
-            data,
-            init_keys,
-            train_keys,
-            in_axes=(0, init_axis, train_axis),
-            mesh=self.mesh,
-        )
+        if config.candidates_from_amtm:  # every candidate fine-tunes the same AMTM (common random numbers)
+            mtms = parallel.run_candidates(
+                lambda d, start, kt: task.train(start, d, kt, xi),
+                self.train_strategy,
+                data,
+                state.amtm,
+                train_keys,
+                in_axes=(0, None, train_axis),
+                mesh=self.mesh,
+            )
+        else:
+            mtms = parallel.run_candidates(
+                lambda d, ki, kt: task.train(task.init(ki), d, kt, xi),
+                self.train_strategy,
+                data,
+                init_keys,
+                train_keys,
+                in_axes=(0, init_axis, train_axis),
+                mesh=self.mesh,
+            )
         val = self.evaluate_all(mtms, val_data)
         rewards = val["reward"]
         metrics = {"rewards": rewards, **_mean_metrics("val_", val)}
@@ -397,7 +418,7 @@ def make_split_step(
     p = _Phases(config, simulator.sample_scenes, task, search, best_fn)
     mesh = p.mesh
     learn_key = ("learn", task, best_fn, K, M, c.mtm_epochs, p.train_strategy, p.eval_strategy, c.common_mtm_init,
-                 c.common_train_key, c.retain_mtm, c.keep_best_mtm, mesh)  # fmt: skip
+                 c.common_train_key, c.retain_mtm, c.keep_best_mtm, c.candidates_from_amtm, mesh)  # fmt: skip
 
     def jit(fn, *out):  # under a mesh: out_shardings, "cand" (split over K) or "rep" (replicated) per output
         if mesh is None:

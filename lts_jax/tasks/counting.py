@@ -16,6 +16,7 @@ configuration on the object.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,7 +66,9 @@ class CountingTask(TaskBase):
       compute_dtype: "float32" or "bfloat16". bfloat16 computes activations and
         matrix products in bf16 while parameters, gradients and optimizer state
         stay float32.
-      features, hidden, conv, context, position: the CNN (see :mod:`lts_jax.models.counting`).
+      features, hidden, conv, context, position, head, norm: the CNN (see :mod:`lts_jax.models.counting`).
+      init_params: parameters every :meth:`init` starts from (a pretrained model, e.g.
+        :func:`pretrain`), with a fresh optimizer state; None: a random initialisation from the key.
       loss: training loss per count: "l1" (the metric), "mse" (squared error) or
         "huber" (squared below 1, linear above); averaged over types and examples.
       num_types: number of car types (length of ``counts``).
@@ -96,6 +99,9 @@ class CountingTask(TaskBase):
         num_types: int = 5,
         eval_batch_size: int = 256,
         unroll: int = 1,
+        head: str = "pooled",
+        norm: bool = False,
+        init_params: Any = None,
     ):
         if height < 1 or width < 1:
             raise ValueError(f"image size must be positive, got {height}x{width}")
@@ -125,9 +131,16 @@ class CountingTask(TaskBase):
             conv=conv,
             context=int(context),
             position=bool(position),
+            head=head,
+            norm=bool(norm),
             dtype=COMPUTE_DTYPES[compute_dtype],
         )
         self.optimizer = make_optimizer(optimizer, learning_rate, grad_clip)
+        self.init_params = init_params
+        if init_params is not None:
+            expected = jax.tree_util.tree_structure(jax.eval_shape(self._random_params, jax.random.key(0)))
+            if jax.tree_util.tree_structure(init_params) != expected:
+                raise ValueError("init_params do not fit this CountingTask's CNN (another architecture?)")
 
     # -- model ---------------------------------------------------------------------------------
 
@@ -156,9 +169,21 @@ class CountingTask(TaskBase):
 
     # -- Task protocol -------------------------------------------------------------------------
 
-    def init(self, key: jax.Array) -> TrainState:
+    def _random_params(self, key: jax.Array) -> Any:
         dummy = self.prepare(jnp.zeros((1, self.height, self.width, 3), jnp.uint8))
-        return TrainState.create(self.model.init(key, dummy)["params"], self.optimizer)
+        return self.model.init(key, dummy)["params"]
+
+    def init(self, key: jax.Array) -> TrainState:
+        """A fresh train state: ``init_params`` when given (the key is then unused), else random weights."""
+        if self.init_params is not None:
+            return TrainState.create(jax.tree_util.tree_map(jnp.asarray, self.init_params), self.optimizer)
+        return TrainState.create(self._random_params(key), self.optimizer)
+
+    def with_init_params(self, params: Any) -> CountingTask:
+        """The same task whose models start from ``params`` (e.g. a pretrained CNN)."""
+        clone = copy.copy(self)
+        clone.init_params = params
+        return clone
 
     def loss_fn(self, params: Any, inputs: jax.Array, counts: jax.Array, weights: jax.Array) -> jax.Array:
         """Weighted mean over examples of the type-averaged training loss; inputs prepared, weights [B]."""

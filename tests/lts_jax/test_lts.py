@@ -165,3 +165,42 @@ def test_split_step_equals_fused_step(logistic_task):
     n = len(programs._cache)
     lts.make_split_step(config, source, task, pol, programs=programs)
     assert len(programs._cache) == n
+
+
+class _CounterTask:
+    """state = how many trainings it went through; reward = that number (so the start of each MTM shows)."""
+
+    data_keys = ("x", "y")
+    required_strategy = preferred_strategy = None
+
+    def init(self, key):
+        return jnp.zeros((), jnp.float32)
+
+    def train(self, state, data, key, epochs):
+        return state + 1.0
+
+    def evaluate(self, state, data):
+        return {"reward": state}
+
+    def train_metrics(self, state):
+        return {}
+
+
+@pytest.mark.parametrize("from_amtm", [False, True])
+def test_candidates_fine_tune_the_amtm(from_amtm):
+    sim, task = gmm.GMMSimulator(1), _CounterTask()
+    cfg = lts.LTSConfig(num_candidates=2, dataset_size=4, retain_mtm=True, candidates_from_amtm=from_amtm)
+    strategy = search.FixedSearch(sim.spec)
+    step = lts.make_step(cfg, sim, task, strategy)
+    state = lts.init_state(cfg, task, strategy, jax.random.key(0), sim.spec.zeros())
+    val = gmm.sample_real(seed=1, num=8)
+    for i in range(3):
+        state, m = step(state, jax.random.key(i), val)
+        # from the AMTM: iteration i's candidates start at i trainings; from scratch: at 0
+        np.testing.assert_array_equal(np.asarray(m["rewards"]), [i + 1.0 if from_amtm else 1.0] * 2)
+    assert float(state.amtm) == 3.0
+
+
+def test_candidates_from_amtm_needs_retain_mtm():
+    with pytest.raises(ValueError, match="candidates_from_amtm"):
+        lts.LTSConfig(candidates_from_amtm=True)
