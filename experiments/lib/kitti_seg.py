@@ -91,23 +91,12 @@ def source(cfg: KittiSegConfig) -> seg.KittiSource:
 
 def validate(cfg: KittiSegConfig) -> None:
     """Every setting and the data's split, before any work (ConfigError, kitti.KittiDataError)."""
-    seg.validate(cfg, METHODS)
-    source(cfg).check()
+    EXPERIMENT.validate(cfg)
 
 
 def train_and_evaluate(cfg: KittiSegConfig, workdir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every method of ``cfg.methods``, writes results.json and figure6b.png; returns the results."""
-    return seg.train_and_evaluate(
-        cfg,
-        workdir,
-        source(cfg),
-        name=NAME,
-        title=TITLE,
-        methods=METHODS,
-        figures_fn=draw_figures_from_workdir,
-        table_fn=summary_table,
-        log=log,
-    )
+    return seg.train_and_evaluate(cfg, workdir, EXPERIMENT, log)
 
 
 def summary_table(results: Mapping[str, Any]) -> str:
@@ -212,3 +201,6 @@ def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
         smooth=5 if n >= 50 else 1,
     )
     return [path]
+
+
+EXPERIMENT = seg.Experiment(NAME, TITLE, METHODS, source, draw_figures_from_workdir, summary_table)

@@ -1,10 +1,11 @@
 """The segmentation experiments' one pipeline (paper sections 4.4 and 4.5), with the data source injected.
 
-    results = train_and_evaluate(cfg, workdir, source, name="kitti_seg", title=..., figures_fn=..., table_fn=...)
+    results = train_and_evaluate(cfg, workdir, kitti_seg.EXPERIMENT)     # an Experiment: name, source, figure
 
-synth_seg and kitti_seg differ only in where the images that judge the MTMs come from, a
-:class:`DataSource`: :class:`SimulatedSource` renders validation and test images with a preset psi of the
-simulator (psi_val), :class:`KittiSource` loads real KITTI images and splits them. A source's ``load(sim)``
+synth_seg and kitti_seg (each an :class:`Experiment`) differ in the methods they offer, their figure and
+table, and where the images that judge the MTMs come from, a :class:`DataSource`: :class:`SimulatedSource`
+renders validation and test images with a preset psi of the simulator (psi_val), :class:`KittiSource` loads
+real KITTI images and splits them. A source's ``load(sim)``
 returns ``{"val", "test"[, "train"]}`` data sets (``{"image": uint8 [N, H, W, 3], "label": uint8 [N, H, W],
 "names"?}``, at the simulator's image size): "val" is the reward, "test" the final evaluation of each
 method's best MTM, "train" the images of the "real" method. Another real data set is one more small class.
@@ -686,31 +687,41 @@ def run_methods(
     return outcome
 
 
-def train_and_evaluate(
-    cfg: SegConfig,
-    workdir: str | Path,
-    source: DataSource,
-    *,
-    name: str,
-    title: str,
-    methods: Sequence[str],
-    figures_fn: Callable[[Path], Any],
-    table_fn: Callable[[Mapping[str, Any]], str],
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Runs every method of ``cfg.methods`` against ``source``'s images, writes results.json and the figure.
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """What distinguishes one segmentation experiment from the other.
 
-    ``name``: results.json's "experiment"; ``title``: the first log line's; ``methods``: what the experiment
-    offers (validated); ``figures_fn(workdir)`` draws the figure from results.json; ``table_fn(results)``: the
-    summary table logged at the end. Returns the results.
+    ``name``: results.json's "experiment"; ``title``: its first log line's; ``methods``: what it offers;
+    ``source_fn(cfg) -> DataSource``: where the images that judge the MTMs come from; ``figures_fn(workdir)``:
+    its figure, drawn from results.json; ``table_fn(results) -> str``: the summary table logged at the end.
+    """
+
+    name: str
+    title: str
+    methods: tuple[str, ...]
+    source_fn: Callable[[Any], DataSource]
+    figures_fn: Callable[[Path], Any]
+    table_fn: Callable[[Mapping[str, Any]], str]
+
+    def validate(self, cfg: SegConfig) -> None:
+        """Every setting and the source's data, before any work (ConfigError, the source's data error)."""
+        validate(cfg, self.methods)
+        self.source_fn(cfg).check()
+
+
+def train_and_evaluate(
+    cfg: SegConfig, workdir: str | Path, experiment: Experiment, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Runs every method of ``cfg.methods`` against the experiment's source of images, writes results.json and
+    the figure; returns the results.
 
     Raises ConfigError or the source's data error (before any work), WorkdirError (the workdir or a method's
     directory holds another configuration), RunComplete, SubRunsFailed (some methods failed; the others'
     tables are in results_partial.json, and re-running retries the failed ones).
     """
     t_start = time.perf_counter()
-    validate(cfg, methods)
-    source.check()
+    experiment.validate(cfg)
+    source, name = experiment.source_fn(cfg), experiment.name
     if "val_params" in cfg.methods and source.psi is None:
         raise common.ConfigError(lambda p: f"{p('methods', 'val_params')}: the data source has no psi of its own")
     workdir = common.prepare_workdir(cfg, workdir, also_ignore=traffic.SPEED_ONLY)
@@ -735,7 +746,7 @@ def train_and_evaluate(
     searches = [m for m in cfg.methods if m != "real"]
     passes = len(searches) * N * K * M * xi + ("real" in cfg.methods) * N * M * xi
     pre = 0 if mtm_cfg.init_checkpoint else mtm_cfg.pretrain_images  # pretraining images
-    log(f"{name}: {title}. Methods: {', '.join(cfg.methods)}, {N} iterations each.")
+    log(f"{name}: {experiment.title}. Methods: {', '.join(cfg.methods)}, {N} iterations each.")
     log(f"  {source.describe(data)} ({fmt_time(out.timing['data_s'])})")
     log(f"  MTM: {describe_mtm(mtm_cfg, K, M, xi)}")
     log(
@@ -800,6 +811,6 @@ def train_and_evaluate(
     }
     run.write_json(workdir / "results.json", results)
     (workdir / PARTIAL).unlink(missing_ok=True)
-    figures_fn(workdir)
-    log(table_fn(results))
+    experiment.figures_fn(workdir)
+    log(experiment.table_fn(results))
     return results

@@ -53,23 +53,12 @@ def source(cfg: SynthSegConfig) -> seg.SimulatedSource:
 
 def validate(cfg: SynthSegConfig) -> None:
     """Every setting, before any work (ConfigError naming the first bad one)."""
-    seg.validate(cfg, METHODS)
-    source(cfg).check()
+    EXPERIMENT.validate(cfg)
 
 
 def train_and_evaluate(cfg: SynthSegConfig, workdir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Renders the psi_val data, runs every method, writes results.json and figure6a.png; returns the results."""
-    return seg.train_and_evaluate(
-        cfg,
-        workdir,
-        source(cfg),
-        name=NAME,
-        title=TITLE,
-        methods=METHODS,
-        figures_fn=draw_figures_from_workdir,
-        table_fn=summary_table,
-        log=log,
-    )
+    return seg.train_and_evaluate(cfg, workdir, EXPERIMENT, log)
 
 
 def summary_table(results: Mapping[str, Any]) -> str:
@@ -117,3 +106,6 @@ def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
         smooth=5 if n >= 50 else 1,
     )
     return [path]
+
+
+EXPERIMENT = seg.Experiment(NAME, TITLE, METHODS, source, draw_figures_from_workdir, summary_table)
