@@ -60,7 +60,10 @@ HELP = {
     "common_sim_key": "Sample the K candidates' data with one simulator key (common random numbers).",
     "train_strategy": f"How the K MTM trainings run: {', '.join(parallel.STRATEGIES)}.",
     "eval_strategy": f"How the K MTM evaluations run: {', '.join(parallel.STRATEGIES)}.",
-    "search": "Search strategy: lts, fixed, random_params, random_search (fixed uses the --init point).",
+    "search": (
+        "Search strategy: lts (REINFORCE), fixed (the --init point), random_params, random_search, or an "
+        "evolution strategy: openes, snes, cma_es, pgpe (evosax)."
+    ),
     "init": "Initial psi: zeros, random, or a preset name of the simulator.",
     "policy_lr": "Learning rate of the policy mean (optax).",
     "policy_optimizer": "Policy optimiser: adam, sgd or rmsprop.",
@@ -68,6 +71,19 @@ HELP = {
     "learn_variance": "Also learn log sigma of the policy.",
     "policy_grad_clip": "Clip the policy gradient's global norm (off if unset).",
     "baseline_decay": "EMA decay of the REINFORCE reward baseline, in [0, 1).",
+    "policy_baseline": "REINFORCE baseline: ema (the paper's), batch_mean or leave_one_out.",
+    "policy_advantages": (
+        "Advantages of REINFORCE: raw (the paper's), normalized (by their std over K) or centered_rank (ranks in "
+        "[-0.5, 0.5]: blind to the reward's scale); tied rewards give zero advantages."
+    ),
+    "policy_antithetic": "Mirrored sampling: the policy proposes psi = mean +- sigma eps pairs (K even).",
+    "policy_prob_floor": "Keep every learnable probability of the policy's mean at least this (0: off).",
+    "policy_tie_std_growth": "When all K rewards tie, grow sigma by this factor (up to --policy_max_std; 1: off).",
+    "policy_max_std": "Largest sigma that --policy_tie_std_growth reaches.",
+    "es_lr": "Learning rate of an evolution strategy (--search=openes|snes|cma_es|pgpe); unset: its default.",
+    "candidates_from_amtm": (
+        "The K per-iteration MTMs fine-tune the AMTM (needs --retain_mtm) instead of starting from scratch."
+    ),
     # validation and test data, the MTM
     "val_size": "Validation examples drawn with the real / validation parameters.",
     "test_size": "Test examples drawn with the real / validation parameters.",

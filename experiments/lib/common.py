@@ -22,7 +22,9 @@ from lts_jax import lts, parallel, run, search
 from lts_jax.optim import OPTIMIZERS
 from lts_jax.params import ParamSpec
 
-SEARCHES = ("lts", "fixed", "random_params", "random_search")
+SEARCHES = search.NAMES  # lts, fixed, random_params, random_search, openes, snes, cma_es, pgpe
+BASELINES = ("ema", "batch_mean", "leave_one_out")
+ADVANTAGES = ("raw", "normalized", "centered_rank")
 # Settings that change how a run is managed, not what it computes: they may differ from a run's stored ones.
 RUN_MANAGEMENT = frozenset({"workdir", "overwrite", "progress", "log_every", "checkpoint_every", "keep_checkpoints"})
 
@@ -76,6 +78,17 @@ class SearchConfig(RunConfig):
     learn_variance: bool = False
     policy_grad_clip: float | None = None
     baseline_decay: float = 0.9
+    # variance reduction and exploration of the Gaussian policy (lts_jax.search.policy; defaults: the paper's)
+    policy_baseline: str = "ema"
+    policy_advantages: str = "raw"
+    policy_antithetic: bool = False
+    policy_prob_floor: float = 0.0
+    policy_tie_std_growth: float = 1.0
+    policy_max_std: float = 1.0
+    # evolution strategies (--search=openes|snes|cma_es|pgpe): their learning rate; None: the strategy's default
+    es_lr: float | None = None
+    # the K per-iteration MTMs fine-tune the AMTM (Algorithm 1's retained model; needs retain_mtm)
+    candidates_from_amtm: bool = False
 
 
 def validate_run(cfg: RunConfig) -> None:
@@ -97,6 +110,19 @@ def validate_search(cfg: SearchConfig, searches: tuple[str, ...] = SEARCHES) -> 
     clip = cfg.policy_grad_clip
     check(clip is None or clip > 0, "policy_grad_clip", clip, "a float > 0, or unset")
     check(0.0 <= cfg.baseline_decay < 1.0, "baseline_decay", cfg.baseline_decay, "a float in [0, 1)")
+    check(cfg.policy_baseline in BASELINES, "policy_baseline", cfg.policy_baseline, " | ".join(BASELINES))
+    check(cfg.policy_advantages in ADVANTAGES, "policy_advantages", cfg.policy_advantages, " | ".join(ADVANTAGES))
+    floor = cfg.policy_prob_floor
+    check(0.0 <= floor < 0.2, "policy_prob_floor", floor, "a float in [0, 0.2)")
+    check(cfg.policy_tie_std_growth >= 1.0, "policy_tie_std_growth", cfg.policy_tie_std_growth, "a float >= 1 (1: off)")
+    check(cfg.policy_max_std > 0, "policy_max_std", cfg.policy_max_std, "a float > 0")
+    check(cfg.es_lr is None or cfg.es_lr > 0, "es_lr", cfg.es_lr, "a float > 0, or unset")
+    even = cfg.num_candidates % 2 == 0
+    needs_even = (cfg.search == "lts" and cfg.policy_antithetic) or cfg.search in ("openes", "pgpe")
+    check(even or not needs_even, "num_candidates", cfg.num_candidates,
+          f"an even integer (mirrored sampling of --search={cfg.search})")  # fmt: skip
+    check(cfg.retain_mtm or not cfg.candidates_from_amtm, "candidates_from_amtm", cfg.candidates_from_amtm,
+          "false unless retain_mtm is set (the candidates fine-tune the AMTM)")  # fmt: skip
     check(cfg.train_strategy in parallel.STRATEGIES, "train_strategy", cfg.train_strategy, str(parallel.STRATEGIES))
     check(cfg.eval_strategy in parallel.STRATEGIES, "eval_strategy", cfg.eval_strategy, str(parallel.STRATEGIES))
     validate_run(cfg)
@@ -122,40 +148,42 @@ def lts_config(cfg: SearchConfig, **overrides: Any) -> lts.LTSConfig:
         train_strategy=cfg.train_strategy,
         eval_strategy=cfg.eval_strategy,
         common_sim_key=cfg.common_sim_key,
+        candidates_from_amtm=cfg.candidates_from_amtm,
     )
     values.update(overrides)
     return lts.LTSConfig(**values)
 
 
-def make_search(name: str, spec: ParamSpec, *, variance: float = 0.05, **policy: Any) -> search.SearchStrategy:
-    """The search strategy ``name`` (one of SEARCHES) over ``spec``.
-
-    ``variance``: sigma^2 of the Gaussian policy ("lts") and of random search's steps; ``policy``: the other
-    keyword arguments of ``GaussianPolicy`` (learning_rate, optimizer, grad_clip, baseline_decay, ...).
-    """
+def search_options(cfg: SearchConfig, name: str) -> dict[str, Any]:
+    """The keyword arguments of ``search.make(name, ...)`` that ``cfg`` sets (only the options ``name`` takes)."""
+    policy = {
+        "variance": cfg.policy_variance,
+        "learn_variance": cfg.learn_variance,
+        "learning_rate": cfg.policy_lr,
+        "optimizer": cfg.policy_optimizer,
+        "grad_clip": cfg.policy_grad_clip,
+        "baseline": cfg.policy_baseline,
+        "baseline_decay": cfg.baseline_decay,
+        "advantages": cfg.policy_advantages,
+        "antithetic": cfg.policy_antithetic,
+        "prob_floor": cfg.policy_prob_floor,
+        "tie_std_growth": cfg.policy_tie_std_growth,
+        "max_std": cfg.policy_max_std,
+    }
     if name == "lts":
-        return search.GaussianPolicy(spec, variance=variance, **policy)
-    if name == "fixed":
-        return search.FixedSearch(spec)
-    if name == "random_params":
-        return search.RandomParams(spec)
-    if name == "random_search":
-        return search.RandomSearch(spec, variance=variance)
-    raise ValueError(f"unknown search {name!r}; choose one of {', '.join(SEARCHES)}")
+        return policy
+    # the baselines and the evolution strategies: the exploration variance, and an ES's own learning rate
+    es = {"variance": cfg.policy_variance, "grad_clip": cfg.policy_grad_clip}
+    if cfg.es_lr is not None:
+        es["learning_rate"] = cfg.es_lr
+    accepted = search.options(name)
+    return {k: v for k, v in es.items() if k in accepted}
 
 
 def search_strategy(cfg: SearchConfig, spec: ParamSpec, name: str | None = None) -> search.SearchStrategy:
-    """:func:`make_search` of ``name`` (default ``cfg.search``) with the policy settings of ``cfg``."""
-    return make_search(
-        name or cfg.search,
-        spec,
-        variance=cfg.policy_variance,
-        learn_variance=cfg.learn_variance,
-        learning_rate=cfg.policy_lr,
-        optimizer=cfg.policy_optimizer,
-        grad_clip=cfg.policy_grad_clip,
-        baseline_decay=cfg.baseline_decay,
-    )
+    """``search.make`` of ``name`` (default ``cfg.search``) with the settings of ``cfg``."""
+    name = name or cfg.search
+    return search.make(name, spec, **search_options(cfg, name))
 
 
 def run_options(cfg: RunConfig) -> dict[str, Any]:
