@@ -31,7 +31,10 @@ HELP = {
         "Floor of every learnable category's / Bernoulli's probability at the --init point (presets write absent "
         "categories as logit -10, which the policy can never leave; see lib/traffic.floor_probabilities)."
     ),
-    "reference_iterations": "Iterations of the fixed search at psi_real giving the psi_real reward (0: skip).",
+    "reference_iterations": (
+        "Iterations of the fixed search at psi_real giving the psi_real reward (0: skip; unset: as many as the "
+        "search, whose final reward it then compares with, the candidates fine-tuning the AMTM)."
+    ),
     "final_window": "Test evaluations averaged into the final test reward.",
     "mtm_lr": "Learning rate (Adam) of the counting CNN.",
     "mtm_batch_size": "Minibatch size of the counting CNN.",
@@ -40,6 +43,8 @@ HELP = {
     "mtm_context": "3x3 context layers at the CNN's lowest resolution (wider receptive field; 0: none).",
     "mtm_position": "A learned position embedding at the CNN's lowest resolution (where a car is says how far).",
     "mtm_loss": "Training loss of the CNN: l1 (the paper's, = the metric), mse or huber; the reward stays L1.",
+    "mtm_head": "Head of the CNN: pooled (mean over positions, then dense) or density (per-position counts, summed).",
+    "mtm_norm": "Centred inputs and LayerNorm after every layer of the CNN.",
 }
 FLAGS = common.define_flags(lib.CarCountConfig, HELP)
 

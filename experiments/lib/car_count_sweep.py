@@ -145,11 +145,7 @@ def plan(cfg: SweepConfig, only: tuple[str, ...] | None = None) -> list[SubRun]:
     seeds = range(1, cfg.num_seeds)
     runs += [SubRun(f"lts_seed{s}", r(b, search="lts", init="random", seed=b.seed + s)) for s in seeds]
     runs += [SubRun(f"xi{xi}", r(b, search="lts", mtm_epochs=xi)) for xi in cfg.xi_values if xi != b.mtm_epochs]
-    runs += [
-        SubRun(f"M{m}", r(b, search="lts", dataset_size=m, retain_mtm=False))
-        for m in cfg.m_values
-        if m != b.dataset_size
-    ]
+    runs += [SubRun(f"M{m}", r(b, search="lts", dataset_size=m)) for m in cfg.m_values if m != b.dataset_size]
     only = cfg.only if only is None else only
     return [s for s in runs if s.name in only] if only else runs
 
@@ -220,11 +216,13 @@ def run_summary(results: Mapping[str, Any]) -> dict[str, Any]:
     keep = (
         "method", "init", "iterations", "stopped_early", "test_reward", "val_reward_curve", "test_reward_curve",
         "amtm_val_reward_curve", "amtm_test_reward_curve", "final_test_reward", "final_val_reward",
-        "final_amtm_test_reward", "logits", "psi", "psi_raw", "timing",
+        "final_amtm_test_reward", "logits", "psi", "psi_raw", "timing", "constant_predictors", "tv_to_psi_real",
+        "psi_real_reward",
     )  # fmt: skip
     out = {k: results[k] for k in keep if k in results}
     c = results.get("config", {})
-    out["config"] = {k: c.get(k) for k in ("seed", "num_candidates", "dataset_size", "mtm_epochs", "retain_mtm")}
+    keys = ("seed", "num_candidates", "dataset_size", "mtm_epochs", "retain_mtm", "candidates_from_amtm")
+    out["config"] = {k: c.get(k) for k in keys}
     return out
 
 
@@ -402,11 +400,24 @@ def _final(entry: Mapping[str, Any] | None, key: str = "final_test_reward") -> f
 
 
 def psi_real_reward(summary: Mapping[str, Any]) -> dict[str, float] | None:
-    """The reference line: the psi_real run's mean validation and test reward over all its iterations."""
+    """The reference line: the psi_real run's validation and test reward, its mean over all iterations, or,
+    when the candidates fine-tune the AMTM (every run keeps improving with the iterations), its final value
+    (the mean of its last final_window evaluations, as every run's final reward)."""
     ref = summary["runs"].get("psi_real")
     if not ref or ref.get("status") != "done":
         return None
+    if (ref.get("config") or {}).get("candidates_from_amtm"):
+        return {"val": float(ref["final_val_reward"]), "test": float(ref["final_test_reward"])}
     return {"val": float(np.mean(ref["val_reward_curve"])), "test": float(np.mean(ref["test_reward_curve"]["reward"]))}
+
+
+def constant_rewards(summary: Mapping[str, Any]) -> dict[str, dict[str, float]] | None:
+    """The rewards of the predictors that ignore the image (car_count.constant_predictors; one per sweep: every
+    sub-run shares the validation and test sets)."""
+    for e in summary["runs"].values():
+        if e.get("status") == "done" and e.get("constant_predictors"):
+            return e["constant_predictors"]
+    return None
 
 
 def analyze(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -442,7 +453,17 @@ def analyze(summary: Mapping[str, Any]) -> dict[str, Any]:
         band = max(seeds) - min(seeds)
         targets["seeds_within_band"] = {"finals": seeds, "band": band, "relative": band / abs(ref["test"]),
                                         "ok": band / abs(ref["test"]) <= 0.05}  # fmt: skip
-    return {"psi_real_reward": ref, "final_test_reward": finals, "final_amtm_test_reward": amtm, "targets": targets}
+    main = runs.get("lts_random") or {}
+    tv = main.get("tv_to_psi_real") if main.get("status") == "done" else None
+    if tv:
+        targets["categoricals_near_psi_real"] = {"tv": tv, "ok": bool(max(tv.values()) <= 0.15)}
+    const = constant_rewards(summary)
+    if const and finals.get("lts_random") is not None:
+        targets["lts_beats_constant_predictors"] = {
+            "ok": bool(finals["lts_random"] > max(const["val_median"]["test"], const["zero"]["test"]))
+        }
+    return {"psi_real_reward": ref, "final_test_reward": finals, "final_amtm_test_reward": amtm, "targets": targets,
+            "constant_predictors": const, "tv_to_psi_real": tv}  # fmt: skip
 
 
 def table_markdown(summary: Mapping[str, Any]) -> str:
@@ -478,6 +499,22 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
          "M = 20 already suffices (Fig. 8)", ""),
         ("seeds: final MTM test rewards", seeds, "converge alike (Fig. 9)", ok("seeds_within_band")),
     ]  # fmt: skip
+    const = a.get("constant_predictors")
+    if const:
+        rows.insert(
+            1,
+            (
+                "constant predictors (no image): validation median / zero cars, test",
+                f"{fmt(const['val_median']['test'])} / {fmt(const['zero']['test'])}",
+                "the rewards a model that learned only the count prior gets",
+                ok("lts_beats_constant_predictors"),
+            ),
+        )
+    tv = a.get("tv_to_psi_real")
+    if tv:
+        rows.append(("LTS's final car types / weather: total-variation distance to psi_real",
+                     " / ".join(f"{k} {v:.3f}" for k, v in tv.items()), "approach psi_real's (Fig. 7; target <= 0.15)",
+                     ok("categoricals_near_psi_real")))  # fmt: skip
     lines = ["| comparison | this reproduction | paper | target met |", "|---|---|---|---|"]
     lines += [f"| {a_} | {b} | {c} | {d} |" for a_, b, c, d in rows]
     iters = {k: v.get("iterations") for k, v in summary["runs"].items()}
@@ -530,7 +567,13 @@ def _panel(ax, summary, items, key, title, ref_key=None):
             ax.plot(c[0], c[1], label=label, marker="." if len(c[0]) < 25 else None)
     ref = psi_real_reward(summary)
     if ref_key and ref:
-        ax.axhline(ref[ref_key], linestyle="--", color="k", label="mean reward w/ val params (psi_real)")
+        ax.axhline(ref[ref_key], linestyle="--", color="k", label="reward w/ val params (psi_real)")
+    const = constant_rewards(summary)
+    if const:  # the AMTM panels are test rewards
+        part = ref_key or "test"
+        ax.axhline(const["val_median"][part], linestyle=":", color="tab:red",
+                   label=f"constant: validation median ({part})")  # fmt: skip
+        ax.axhline(const["zero"][part], linestyle=":", color="tab:gray", label=f"constant: zero cars ({part})")
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("policy iteration", fontsize=8)
     ax.set_ylabel("reward (negative L1)", fontsize=8)
@@ -585,7 +628,9 @@ def draw_figures(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:
         if logits:
             for label, values in logits[block].items():
                 ax.plot(logits["step"], values, label=label)
-        ax.set_title(title + " (LTS, random init)", fontsize=9)
+        tv = (main.get("tv_to_psi_real") or {}).get(block) if logits else None
+        note = f"; TV to psi_real at the end {tv:.3f}" if tv is not None else ""
+        ax.set_title(title + " (LTS, random init)" + note, fontsize=9)
         ax.set_xlabel("policy iteration", fontsize=8)
         ax.set_ylabel("logit (non-normalised)", fontsize=8)
         ax.grid(alpha=0.3)

@@ -233,8 +233,9 @@ def test_carla_renderer_and_lost_servers(tmp_path):
     val, test = sim.sample_dataset(jax.random.key(1), psi, 6), sim.sample_dataset(jax.random.key(2), psi, 6)  # 12
     ctx = lib.Context(sim, LinearCountTask(), lts.Programs(), val, test, {"name": "traffic"})
     # 4 renders per iteration: 2 succeed
-    cfg = lib.CarCountConfig(num_candidates=2, dataset_size=2, mtm_epochs=1, retain_mtm=False, common_sim_key=False,
-                             progress=False, log_every=0, checkpoint_every=0)  # fmt: skip
+    cfg = lib.CarCountConfig(num_candidates=2, dataset_size=2, mtm_epochs=1, retain_mtm=False,
+                             candidates_from_amtm=False, common_sim_key=False, progress=False, log_every=0,
+                             checkpoint_every=0)  # fmt: skip
     pol = policy.GaussianPolicy(traffic.spec)
     with pytest.raises(lib.SimulatorUnavailable, match="a:1"):
         lib.run_search(cfg, pol, np.zeros(traffic.spec.dim, np.float32), tmp_path, ctx, jax.random.key(0),
