@@ -18,6 +18,32 @@ positive = looking DOWN (CAMERA_PITCH_DOWN_IS_POSITIVE); CARLA pitch is its
 negative in degrees. Headings 0 and pi, the only ones the lanes use, map the same
 under either sign convention.
 
+Rendering parameters (the traffic scene's optional ``camera_fov``, ``exposure``, ``color_gains``,
+``blur_sigma``, ``noise_sigma``; simulators/traffic/scene.py), as far as CARLA's camera API allows
+(:func:`camera_settings`, :func:`rgb_attributes`, :func:`postprocess`):
+
+  scene field          CARLA                                          match
+  camera_height/pitch  the cameras' transform (as before)             exact height; a true rotation
+                                                                      (the pure-JAX renderer: a
+                                                                      principal-point shift)
+  camera_fov           ``fov`` of all three cameras (horizontal)      exact (a real focal change; the
+                                                                      pure-JAX renderer zooms digitally)
+  exposure             RGB ``exposure_compensation`` = the blueprint's stops, like the pure-JAX renderer's
+                       default + exposure (stops)                     multiplier, but on top of CARLA's
+                                                                      auto exposure and tone curve
+  color_gains          RGB ``temp`` (K) and ``tint`` (Unreal's white  approximate: temp = 6500 K *
+                       balance)                                       2^(log2(r / b) / 0.8) (the red/blue
+                                                                      ratio of Planckian light near
+                                                                      6500 K), tint = -log2(g / sqrt(rb))
+                                                                      / 0.3 clipped to [-1, 1]; sign and
+                                                                      scale not checked against a server
+  blur_sigma           none (CARLA's blurs are depth of field and     host post-processing of the image
+                       motion blur): host post-processing              (same Gaussian, linear light)
+  noise_sigma          none (CARLA's RGB camera has no noise           host post-processing: Gaussian noise
+                       attribute): host post-processing                of that std per channel, seeded by
+                                                                      the scene's ``seed``
+A scene without these fields renders as before (no attribute or post-processing changes).
+
 Everything here is plain Python / NumPy on concrete values: not jittable (it runs
 inside the host function of the bridge).
 """
@@ -291,9 +317,10 @@ def weather_parameters(scene: Mapping[str, np.ndarray]):
     return carla.WeatherParameters(**weather_fields(scene))
 
 
-def camera_intrinsics(height: int, width: int) -> np.ndarray:
-    """float64 [3, 3] pinhole matrix of the delivered (cropped, see :func:`crop_rows`) image."""
-    f = width / (2.0 * math.tan(math.radians(FOV_DEG) / 2.0))
+def camera_intrinsics(height: int, width: int, fov_deg: float = FOV_DEG) -> np.ndarray:
+    """float64 [3, 3] pinhole matrix of the delivered (cropped, see :func:`crop_rows`) image of a camera with
+    horizontal field of view ``fov_deg`` (default KITTI's)."""
+    f = width / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
     cy = (height - crop_rows(height)) / 2.0
     return np.array([[f, 0.0, width / 2.0], [0.0, f, cy], [0.0, 0.0, 1.0]])
 
@@ -320,12 +347,113 @@ def world_to_camera_matrix(cam: Placement) -> np.ndarray:
     return axes @ world_to_body
 
 
-def project_points(points: np.ndarray, cam: Placement, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def project_points(
+    points: np.ndarray, cam: Placement, height: int, width: int, fov_deg: float = FOV_DEG
+) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates [n, 2] (u right, v down) and depths [n] of CARLA world points [n, 3]."""
     pts = np.concatenate([np.asarray(points, np.float64), np.ones((len(points), 1))], axis=1)
     cam_pts = (world_to_camera_matrix(cam) @ pts.T)[:3]
     depth = cam_pts[2]
-    uvw = camera_intrinsics(height, width) @ cam_pts
+    uvw = camera_intrinsics(height, width, fov_deg) @ cam_pts
     with np.errstate(divide="ignore", invalid="ignore"):
         uv = (uvw[:2] / uvw[2]).T
     return uv, depth
+
+
+# ----- rendering parameters ------------------------------------------------------------------------
+WHITE_TEMP_K = 6500.0  # Unreal's neutral white balance (the ``temp`` attribute's default)
+TEMP_LOG2_PER_STOP = 0.8  # log2(r / b) of Planckian light changes ~0.8x as fast as log2 of its temperature near 6500 K
+TINT_LOG2_PER_UNIT = 0.3  # log2 green gain (relative to sqrt(r b)) that maps to Unreal's tint of -1 (the ends)
+# The settings are rounded so that scenes of one candidate (same psi, no per-image spread) share one set of
+# cameras: a change respawns them (CARLA reads camera attributes at spawn only).
+FOV_STEP_DEG, EV_STEP, TEMP_STEP_K, TINT_STEP = 0.01, 0.01, 10.0, 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraSettings:
+    """A scene's camera attributes and host post-processing (see the module docstring). ``None``: the
+    attribute is left as CARLA's default (the scene lacks the field, or it is at its neutral value)."""
+
+    fov_deg: float = FOV_DEG
+    exposure_ev: float | None = None
+    temp_k: float | None = None
+    tint: float | None = None
+    blur_sigma_px: float = 0.0  # in pixels of the delivered image
+    noise_sigma: float = 0.0  # levels of 255
+
+    def sensor_key(self) -> tuple:
+        """What the spawned cameras depend on (post-processing is per image)."""
+        return (self.fov_deg, self.exposure_ev, self.temp_k, self.tint)
+
+
+def _round(x: float, step: float) -> float:
+    return round(round(x / step) * step, 6)
+
+
+def camera_settings(scene: Mapping[str, np.ndarray], height: int) -> CameraSettings:
+    """The CameraSettings of one scene rendered ``height`` rows high (blur scales with the height, as in the
+    pure-JAX renderer: ``blur_sigma`` is in pixels at layout.REFERENCE_SIZE[0] rows)."""
+    kw: dict = {}
+    if "camera_fov" in scene:
+        fov = float(scene["camera_fov"])
+        if abs(fov - FOV_DEG) > 1e-3:  # the scene's float32 KITTI FOV is KITTI's
+            kw["fov_deg"] = _round(fov, FOV_STEP_DEG)
+    # Values that round to the neutral one leave the attribute at CARLA's default.
+    if "exposure" in scene and (ev := _round(float(scene["exposure"]), EV_STEP)) != 0.0:
+        kw["exposure_ev"] = ev
+    if "color_gains" in scene:
+        lr, lg, lb = np.log2(np.asarray(scene["color_gains"], np.float64))
+        temp = _round(WHITE_TEMP_K * 2.0 ** ((lr - lb) / TEMP_LOG2_PER_STOP), TEMP_STEP_K)
+        if temp != WHITE_TEMP_K:
+            kw["temp_k"] = temp
+        tint = _round(float(np.clip(-(lg - 0.5 * (lr + lb)) / TINT_LOG2_PER_UNIT, -1.0, 1.0)), TINT_STEP)
+        if tint != 0.0:
+            kw["tint"] = tint
+    if "blur_sigma" in scene:
+        kw["blur_sigma_px"] = float(scene["blur_sigma"]) * height / L.REFERENCE_SIZE[0]
+    if "noise_sigma" in scene:
+        kw["noise_sigma"] = float(scene["noise_sigma"])
+    return CameraSettings(**kw)
+
+
+def rgb_attributes(settings: CameraSettings, exposure_default: float = 0.0) -> dict[str, str]:
+    """Blueprint attributes of the RGB camera beyond size and tick: ``fov`` always, the others only when
+    set. ``exposure_default``: the blueprint's own ``exposure_compensation`` (platform-dependent in CARLA:
+    +0.75 on Linux, 0 on Windows), to which the scene's stops are added."""
+    out = {"fov": f"{settings.fov_deg:.6f}"}
+    if settings.exposure_ev is not None:
+        out["exposure_compensation"] = f"{exposure_default + settings.exposure_ev:.4f}"
+    if settings.temp_k is not None:
+        out["temp"] = f"{settings.temp_k:.1f}"
+    if settings.tint is not None:
+        out["tint"] = f"{settings.tint:.4f}"
+    return out
+
+
+def postprocess(image: np.ndarray, settings: CameraSettings, seed: int = 0) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8: the blur and the noise CARLA has no attribute for (unchanged when both are 0).
+
+    The blur is the pure-JAX renderer's (a separable Gaussian with edges replicated) in linear light under its
+    gamma-2 camera model; the noise is Gaussian, ``noise_sigma`` levels per channel, from ``seed``.
+    """
+    if settings.blur_sigma_px <= 0.0 and settings.noise_sigma <= 0.0:
+        return image
+    x = np.asarray(image, np.float64) / 255.0
+    if settings.blur_sigma_px > 0.0:
+        sigma = settings.blur_sigma_px
+        radius = max(1, math.ceil(3.0 * sigma))
+        taps = np.arange(-radius, radius + 1)
+        w = np.exp(-0.5 * (taps / sigma) ** 2)
+        w /= w.sum()
+        lin = x * x
+        for axis in (0, 1):
+            pad = [(0, 0)] * 3
+            pad[axis] = (radius, radius)
+            p = np.pad(lin, pad, mode="edge")
+            n = lin.shape[axis]
+            lin = sum(wj * np.take(p, np.arange(j, j + n), axis=axis) for j, wj in enumerate(w))
+        x = np.sqrt(np.clip(lin, 0.0, 1.0))
+    y = x * 255.0
+    if settings.noise_sigma > 0.0:
+        y = y + settings.noise_sigma * np.random.default_rng(int(seed)).standard_normal(y.shape)
+    return np.clip(np.round(y), 0, 255).astype(np.uint8)

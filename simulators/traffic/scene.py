@@ -33,9 +33,19 @@ E = layout.END_HOUSE_COUNT = 13; "side" 0 is left (x < 0), 1 right (x > 0)):
   - ``house_height``  float32 [B, 2]  eave height (walls), uniform in layout.HOUSE_HEIGHT_RANGE; the
                                       gable roof adds layout.HOUSE_ROOF_HEIGHT (see layout.py for extents).
   - ``weather``       int32 []        0 clear, 1 overcast, 2 rain, 3 fog (layout.WEATHERS).
-  - ``camera_height`` float32 []      metres; layout.CAMERA_HEIGHT + jitter (``camera_jitter``).
-  - ``camera_pitch``  float32 []      radians, positive looks DOWN; 0 + jitter (``camera_jitter``).
+  - ``camera_height`` float32 []      metres; layout.CAMERA_HEIGHT + jitter (``camera_jitter``)
+                                      + the ``camera`` block's offset (rendering parameters).
+  - ``camera_pitch``  float32 []      radians, positive looks DOWN; 0 + jitter (``camera_jitter``)
+                                      + the ``camera`` block's offset.
   - ``sun_dir``       float32 [3]     unit vector from the scene towards the sun (``sun``).
+
+  Rendering parameters (only with make_spec(learn_rendering=True); a renderer that finds them absent
+  draws today's camera; the CARLA backend maps them as far as its API allows, simulators/carla/convert.py)
+  - ``camera_fov``    float32 []      horizontal field of view, degrees: KITTI_HFOV_DEG (81.43) or narrower.
+  - ``exposure``      float32 []      exposure in stops (the linear image is multiplied by 2^exposure).
+  - ``color_gains``   float32 [3]     linear RGB channel gains of the white balance (1, 1, 1 neutral).
+  - ``blur_sigma``    float32 []      Gaussian optical blur, sigma in pixels at 96 rows (0 none).
+  - ``noise_sigma``   float32 []      added per-channel sensor noise, std in 8-bit levels (0 none).
 
   Extras drawn by the pure-JAX renderer (a host renderer may ignore them)
   - ``house_color``     float32 [B, 2, 3]  facade colour, sRGB.
@@ -56,7 +66,49 @@ Blocks at index >= road_length have no car, house, tree or pole.
 
 Randomness: one draw of random bits per call; every scene variable has its own slot of
 them, so with the same key, changing one block of psi changes only the variables drawn
-from that block (e.g. forcing the weather leaves the geometry as it was).
+from that block (e.g. forcing the weather leaves the geometry as it was). The rendering
+parameters draw from a second stream (``fold_in(key, RENDERING_STREAM)``), so adding them
+changes no other variable.
+
+Rendering parameters: P(phi | psi) of the paper's G = R(S(rho), P(phi)), blocks of psi with
+make_spec(learn_rendering=True), so that LTS can match the camera of a real data set. Each is a
+Gaussian block over a value x in documented units; per image x = mean + spread * z (z ~ N(0, 1)),
+clipped to the block's range, where spread = sqrt(max(variance - 1, 0)): the neutral variance 1
+(psi = 0) gives every image the mean's setting, a learned log-variance above 0 spreads the images
+(domain randomisation), and zero means render today's images bit for bit (tested).
+
+  block          x range   setting (today's at x = 0)                               renderer
+  camera.height  [-3, 3]   camera height 1.65 + 0.2 x m: 1.05 .. 2.25 m              exact (ray origin)
+  camera.pitch   [-3, 3]   pitch 0.015 x rad (+-2.6 deg), positive looks down        principal-point shift
+  field_of_view  [0, 3]    horizontal FOV 81.43 - 8 x deg: 81.43 .. 57.43 deg        digital zoom
+  exposure       [-3, 3]   0.5 x stops: the linear image times 2^(0.5 x)             exact
+  color_balance  [-3, 3]^2 temperature t: red 2^(0.1 t), blue 2^(-0.1 t);            exact (linear gains)
+                           tint u: green 2^(0.1 u) (+-23% at the ends)
+  blur           [0, 3]    Gaussian blur sigma 0.4 x px at 96 rows (scaled with H)    separable, linear light
+  noise          [0, 3]    added noise, std 2 x levels of 255 per channel            on top of today's +-2.5
+
+(camera_jitter's small per-image jitter, +-0.15 m and +-0.03 rad, stays on top of the camera block;
+one-sided blocks have no effect below 0; the random-parameter box of these blocks' means is their
+x range, of their log-variances RENDERING_LOG_VAR_BOX.) The renderer (render.py) sees a wider camera
+range through static bounds (RENDERING_CAMERA_HEIGHT_BOUNDS, RENDERING_CAMERA_PITCH_BOUND), and a field
+of view narrower than KITTI's as a crop of the KITTI-FOV render resampled to the image size (labels by
+nearest neighbour): a narrower view is sharper in a real camera, a little softer here (at most 1.57x
+magnification). :func:`rendering_settings` turns a psi into these physical values for reports.
+
+Known camera geometry of the real data sets (lts_jax.data.real.DATASETS[...].camera), to report the
+learned camera next to:
+  - KITTI: camera 1.65 m above the road (Geiger, Lenz, Stiller, Urtasun, "Vision meets Robotics: The
+    KITTI Dataset", IJRR 2013, the recording platform's sensor setup); focal length 721.5 px at 1242 px
+    width (81.43 deg horizontal FOV) and principal point row 172.9 of 375 (KITTI's rectified colour
+    camera calibration, P_rect_02). Today's camera IS this camera (layout.py), at zero pitch.
+  - CamVid: a camera inside a driving car (Brostow, Fauqueur, Cipolla, "Semantic object classes in
+    video", Pattern Recognition Letters 2009; Brostow et al., ECCV 2008), 30 Hz at 960x720. The
+    authors calibrated its intrinsics and computed per-frame poses, but these are not in the shared
+    copy: its height above the road, pitch and focal length are NOT known here. What the images show:
+    the car's bonnet at the bottom of sequence 0001TP (a camera behind the windscreen, so presumably
+    lower than KITTI's roof rig; not measured), and a level-camera horizon near the frame's middle
+    (about row 180 of 360), which the loader's crop puts at KITTI's principal-point row. CamVid is
+    mirrored by the loader (UK traffic keeps left; this simulator drives on the right).
 """
 
 from __future__ import annotations
@@ -85,6 +137,30 @@ SUN_AZIMUTH_BASE, SUN_AZIMUTH_UNIT = 120.0, 50.0  # degrees; azimuth 0 = ahead (
 SUN_ELEVATION_BASE, SUN_ELEVATION_UNIT = 45.0, 10.0  # degrees
 SUN_ELEVATION_RANGE = (25.0, 75.0)  # clipped (bounds shadow lengths)
 CAR_COLOR_UNIT = 0.05  # sRGB offset per unit of car_color_spread, per channel
+
+# Rendering parameters of psi (make_spec(learn_rendering=True); see RENDERING_BLOCKS and the module
+# docstring). Per image, a block's value in units is x = mean + spread * z, z ~ N(0, 1), clipped to the
+# block's range; the spread is sqrt(max(variance - 1, 0)), so the neutral psi (variance 1) gives every
+# image the mean's setting and zero means give today's camera exactly.
+CAMERA_OFFSET_HEIGHT_UNIT = 0.2  # metres per unit of camera[height]: 1.65 + [-0.6, 0.6] m
+CAMERA_OFFSET_PITCH_UNIT = 0.015  # radians per unit of camera[pitch] (0.86 deg), positive looks down
+KITTI_HFOV_DEG = float(np.float32(np.degrees(2.0 * np.arctan(0.5 / L.KITTI_FX_OVER_WIDTH))))  # 81.43 deg
+FOV_UNIT_DEG = 8.0  # degrees of horizontal field of view per unit of field_of_view: 81.43 .. 57.43 deg
+EXPOSURE_UNIT_EV = 0.5  # stops (log2 of the linear exposure) per unit of exposure: [-1.5, 1.5] EV
+COLOR_BALANCE_UNIT = 0.1  # log2 channel gain per unit: temperature r * 2^(+0.1 t), b * 2^(-0.1 t); tint g * 2^(0.1 u)
+BLUR_UNIT_PX = 0.4  # Gaussian blur sigma per unit of blur, in pixels at 96 rows (scaled with the image height)
+NOISE_UNIT = 2.0  # std of the added sensor noise per unit of noise, in 8-bit levels (per channel)
+# (block, labels, range of x in units); the one-sided blocks have no effect below 0.
+RENDERING_RANGES = {
+    "camera": (("height", "pitch"), (-CLIP_UNITS, CLIP_UNITS)),
+    "field_of_view": (("narrowing",), (0.0, CLIP_UNITS)),
+    "exposure": (("ev",), (-CLIP_UNITS, CLIP_UNITS)),
+    "color_balance": (("temperature", "tint"), (-CLIP_UNITS, CLIP_UNITS)),
+    "blur": (("sigma",), (0.0, CLIP_UNITS)),
+    "noise": (("sigma",), (0.0, CLIP_UNITS)),
+}
+RENDERING_BLOCKS = tuple(RENDERING_RANGES)
+RENDERING_LOG_VAR_BOX = (0.0, 1.5)  # random psi: per-image spreads 0 .. 1.9 units
 
 TREE_PROB_NO_HOUSE = 0.85
 TREE_PROB_WITH_HOUSE = 0.45
@@ -123,7 +199,7 @@ HOUSE_PALETTE = np.array(
 ROOF_PALETTE = np.array([[0.42, 0.18, 0.13], [0.30, 0.30, 0.32], [0.50, 0.25, 0.16], [0.22, 0.22, 0.24]], np.float32)
 
 
-def make_spec(learn_intersection: bool = False) -> P.ParamSpec:
+def make_spec(learn_intersection: bool = False, learn_rendering: bool = False) -> P.ParamSpec:
     """The traffic simulator's ParamSpec (blocks in psi order) and its presets.
 
     Blocks:
@@ -139,8 +215,18 @@ def make_spec(learn_intersection: bool = False) -> P.ParamSpec:
                         SUN_AZIMUTH_BASE + SUN_AZIMUTH_UNIT * x degrees, elevation = SUN_ELEVATION_BASE +
                         SUN_ELEVATION_UNIT * x degrees clipped to SUN_ELEVATION_RANGE.
       car_color_spread  gaussian 1, frozen; per car and channel, an sRGB offset of CAR_COLOR_UNIT * x.
-    The neutral psi (zeros) is a sensible default: uniform categoricals, p = 0.5,
-    and unit-variance jitter on the frozen rendering blocks.
+    With ``learn_rendering``, the rendering parameters follow, learnable (the module docstring,
+    "Rendering parameters", gives units, ranges and the per-image spread):
+      camera            gaussian 2 (height, pitch): offsets of the camera's height and pitch.
+      field_of_view     gaussian 1 (narrowing): horizontal field of view below KITTI's 81.43 deg.
+      exposure          gaussian 1 (ev): exposure in stops.
+      color_balance     gaussian 2 (temperature, tint): white balance as channel gains.
+      blur              gaussian 1 (sigma): Gaussian optical blur.
+      noise             gaussian 1 (sigma): added per-channel sensor noise.
+    Without it (the default) psi has no rendering blocks: today's camera, today's psi layout (stored
+    runs and checkpoints stay valid) and bit-identical images. The neutral psi (zeros) is a sensible
+    default: uniform categoricals, p = 0.5, unit-variance jitter on the frozen rendering blocks, and
+    today's camera (zero offsets, no spread) on the rendering parameters.
     """
     blocks = [
         P.categorical("road_length", labels=[str(n) for n in range(L.MIN_BLOCKS, L.MAX_BLOCKS + 1)]),
@@ -153,6 +239,10 @@ def make_spec(learn_intersection: bool = False) -> P.ParamSpec:
         P.gaussian("sun", 2, labels=["azimuth", "elevation"], frozen=True),
         P.gaussian("car_color_spread", 1, frozen=True),
     ]
+    if learn_rendering:
+        for name, (labels, (lo, hi)) in RENDERING_RANGES.items():
+            blocks.append(P.gaussian(name, len(labels), labels=list(labels), box=(lo, hi),
+                                     log_var_box=RENDERING_LOG_VAR_BOX))  # fmt: skip
     return P.ParamSpec(blocks, PRESETS)
 
 
@@ -311,7 +401,24 @@ def sample_scenes(spec: P.ParamSpec, key: jax.Array, psi: jax.Array, num: int) -
     sun_dir = jnp.stack([jnp.cos(el) * jnp.sin(az), jnp.sin(el), jnp.cos(el) * jnp.cos(az)], axis=-1)
     seed = d.raw("seed") >> 8  # 24 bits: exact through float32 (the renderer keeps arrays via float32)
 
-    return {
+    extra = {}
+    if RENDERING_BLOCKS[0] in spec.block_names:
+        # Their own random bits (a key folded from this one), so that every other variable is drawn as
+        # without them; zero offsets then give today's scenes exactly (x + 0.0 == x).
+        x = _rendering_units(spec, raw, jax.random.fold_in(key, RENDERING_STREAM), n)
+        camera_height = camera_height + CAMERA_OFFSET_HEIGHT_UNIT * x["camera"][:, 0]
+        camera_pitch = camera_pitch + CAMERA_OFFSET_PITCH_UNIT * x["camera"][:, 1]
+        t, tint = x["color_balance"][:, 0], x["color_balance"][:, 1]
+        extra = {
+            "camera_fov": (jnp.float32(KITTI_HFOV_DEG) - FOV_UNIT_DEG * x["field_of_view"][:, 0]),
+            "exposure": EXPOSURE_UNIT_EV * x["exposure"][:, 0],
+            "color_gains": jnp.exp2(COLOR_BALANCE_UNIT * jnp.stack([t, tint, -t], axis=-1)),
+            "blur_sigma": BLUR_UNIT_PX * x["blur"][:, 0],
+            "noise_sigma": NOISE_UNIT * x["noise"][:, 0],
+        }
+        extra = {k: v.astype(jnp.float32) for k, v in extra.items()}
+
+    return extra | {
         "road_length": road_length.astype(jnp.int32),
         "intersection": intersection,
         "car_present": car_present,
@@ -340,9 +447,76 @@ def sample_scenes(spec: P.ParamSpec, key: jax.Array, psi: jax.Array, num: int) -
     }
 
 
+RENDERING_STREAM = 1  # fold_in(key, RENDERING_STREAM): the rendering parameters' random bits
+
+
+def _rendering_units(spec: P.ParamSpec, raw: dict, key: jax.Array, num: int) -> dict[str, jax.Array]:
+    """Per image, each rendering block's value in units: clip(mean + spread * z, range), [num, size]."""
+    d = _Draws(key, num, {name: (spec[name].size,) for name in RENDERING_BLOCKS})
+    out = {}
+    for name, (labels, (lo, hi)) in RENDERING_RANGES.items():
+        k = len(labels)
+        mean, log_var = raw[name][:k], raw[name][k:]
+        spread = jnp.sqrt(jnp.maximum(jnp.exp(log_var) - 1.0, 0.0))
+        out[name] = jnp.clip(mean + spread * _normal(d.u(name)), lo, hi)
+    return out
+
+
+def rendering_settings(spec: P.ParamSpec, psi) -> dict[str, dict[str, float]]:
+    """The rendering parameters of one concrete psi [spec.dim] in physical units, for reports (host-side).
+
+    Returns ``{quantity: {"value": the setting at the blocks' means, "spread": per-image std in the
+    same unit (0: every image alike; before the range's clipping)}}`` for camera_height_m,
+    camera_pitch_deg (positive: down), hfov_deg, fx_over_width, exposure_ev, gain_r, gain_g, gain_b
+    (linear), blur_px_at_96_rows and noise_levels; empty when ``spec`` has no rendering blocks. The frozen
+    ``camera_jitter`` adds its own per-image spread (0.05 m and 0.01 rad at the neutral psi) on top.
+    Compare with the real data sets' cameras: ``lts_jax.data.real.DATASETS[name].camera``.
+    """
+    if RENDERING_BLOCKS[0] not in spec.block_names:
+        return {}
+    arr = np.asarray(spec.validate(psi), np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"rendering_settings takes one psi of shape [{spec.dim}], got {list(arr.shape)}")
+    mean, spread = {}, {}
+    for name, (labels, (lo, hi)) in RENDERING_RANGES.items():
+        raw = arr[spec.slices[name]]
+        k = len(labels)
+        for i, lab in enumerate(labels):
+            mean[f"{name}.{lab}"] = float(np.clip(raw[i], lo, hi))
+            spread[f"{name}.{lab}"] = float(np.sqrt(max(np.exp(raw[k + i]) - 1.0, 0.0)))
+
+    def entry(key, fn, unit):  # fn: units -> physical (monotone); spread scaled by |unit|
+        return {"value": float(fn(mean[key])), "spread": float(abs(unit) * spread[key])}
+
+    hfov = KITTI_HFOV_DEG - FOV_UNIT_DEG * mean["field_of_view.narrowing"]
+    cb = COLOR_BALANCE_UNIT * np.log(2.0)  # d gain / d unit at gain 1
+    return {
+        "camera_height_m": entry("camera.height", lambda u: L.CAMERA_HEIGHT + CAMERA_OFFSET_HEIGHT_UNIT * u,
+                                 CAMERA_OFFSET_HEIGHT_UNIT),
+        "camera_pitch_deg": entry("camera.pitch", lambda u: np.degrees(CAMERA_OFFSET_PITCH_UNIT * u),
+                                  np.degrees(CAMERA_OFFSET_PITCH_UNIT)),
+        "hfov_deg": entry("field_of_view.narrowing", lambda u: KITTI_HFOV_DEG - FOV_UNIT_DEG * u, FOV_UNIT_DEG),
+        "fx_over_width": {"value": float(0.5 / np.tan(np.radians(hfov) / 2.0)), "spread": float("nan")},
+        "exposure_ev": entry("exposure.ev", lambda u: EXPOSURE_UNIT_EV * u, EXPOSURE_UNIT_EV),
+        "gain_r": entry("color_balance.temperature", lambda u: 2.0 ** (COLOR_BALANCE_UNIT * u), cb),
+        "gain_g": entry("color_balance.tint", lambda u: 2.0 ** (COLOR_BALANCE_UNIT * u), cb),
+        "gain_b": entry("color_balance.temperature", lambda u: 2.0 ** (-COLOR_BALANCE_UNIT * u), cb),
+        "blur_px_at_96_rows": entry("blur.sigma", lambda u: BLUR_UNIT_PX * u, BLUR_UNIT_PX),
+        "noise_levels": entry("noise.sigma", lambda u: NOISE_UNIT * u, NOISE_UNIT),
+    }  # fmt: skip
+
+
 # Static bounds the renderer's view culling relies on (the sampler guarantees them).
 CAMERA_HEIGHT_BOUNDS = (
     L.CAMERA_HEIGHT - CLIP_UNITS * CAMERA_HEIGHT_UNIT,
     L.CAMERA_HEIGHT + CLIP_UNITS * CAMERA_HEIGHT_UNIT,
 )
 CAMERA_PITCH_BOUND = CLIP_UNITS * CAMERA_PITCH_UNIT
+# ... and with the rendering parameters (make_spec(learn_rendering=True)): the camera block's offsets on top.
+RENDERING_CAMERA_HEIGHT_BOUNDS = (
+    CAMERA_HEIGHT_BOUNDS[0] - CLIP_UNITS * CAMERA_OFFSET_HEIGHT_UNIT,
+    CAMERA_HEIGHT_BOUNDS[1] + CLIP_UNITS * CAMERA_OFFSET_HEIGHT_UNIT,
+)  # 0.90 .. 2.40 m
+RENDERING_CAMERA_PITCH_BOUND = CAMERA_PITCH_BOUND + CLIP_UNITS * CAMERA_OFFSET_PITCH_UNIT  # 0.075 rad (4.3 deg)
+MIN_HFOV_DEG = KITTI_HFOV_DEG - CLIP_UNITS * FOV_UNIT_DEG  # 57.43 deg: at most 1.57x KITTI's focal length
+MAX_BLUR_PX = CLIP_UNITS * BLUR_UNIT_PX  # at 96 rows
