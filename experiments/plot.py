@@ -2,7 +2,7 @@ r"""Redraw every figure of a run from its files.
 
     python -m experiments.plot --workdir=DIR
 
-Generic figures from DIR/metrics.jsonl (rewards.png, params.png) and, for a finished run, the experiment's
+Generic figures from DIR/metrics.jsonl (rewards.png, params.png, cost.png) and, for a finished run, the experiment's
 own (results.json's "experiment" -> experiments/lib/NAME.py's ``draw_figures_from_workdir``; see
 experiments/lib/plot.py). Prints the files written.
 

@@ -273,6 +273,9 @@ class _Phases:
         rewards = val["reward"]
         metrics = {"rewards": rewards, **_mean_metrics("val_", val)}
         metrics.update(_mean_metrics("train_", jax.vmap(task.train_metrics)(mtms)))
+        # Cost: the optimiser steps the K MTMs took from their common start (the AMTM or task.init's state).
+        start = state.amtm if config.candidates_from_amtm else task.init(k_init)
+        steps = jnp.sum(jax.vmap(task.optimizer_steps)(mtms)) - K * task.optimizer_steps(start)
         new = state.replace(iteration=state.iteration + 1)
         if config.retain_mtm:
             # The AMTM sees every candidate's data of this iteration.
@@ -281,7 +284,10 @@ class _Phases:
                 pooled = jax.lax.with_sharding_constraint(pooled, parallel.replicated_sharding(self.mesh))
             amtm = task.train(state.amtm, pooled, k_amtm, xi)
             metrics.update({f"amtm_val_{k}": v for k, v in task.evaluate(amtm, val_data).items()})
+            steps = steps + task.optimizer_steps(amtm) - task.optimizer_steps(state.amtm)
             new = new.replace(amtm=amtm)
+        metrics["cost_images"] = jnp.asarray(K * M, jnp.int32)  # examples generated (rendered) this iteration
+        metrics["cost_mtm_steps"] = jnp.asarray(steps, jnp.int32)
         if config.keep_best_mtm:
             i = jnp.argmax(rewards)
             better = rewards[i] > state.best_mtm_reward
@@ -354,7 +360,10 @@ def make_step(
     metrics: ``rewards`` [K], ``psi`` [K, dim] (the candidates), ``center`` [dim]
     (the search's current answer after the update), the search's scalars
     (reward_mean, reward_max, best_reward, baseline, ...), ``val_*`` / ``test_*``
-    means of the task's metrics over K, ``amtm_val_*`` / ``amtm_test_*``.
+    means of the task's metrics over K, ``amtm_val_*`` / ``amtm_test_*``; the iteration's cost:
+    ``cost_images`` (K x M examples generated, [] int32) and ``cost_mtm_steps`` (optimiser steps of the K
+    MTMs and the AMTM, by ``task.optimizer_steps``; [] int32). The fused step cannot tell its sampling
+    time from its training time; :func:`make_split_step` measures both (:class:`PhaseClock`).
     """
     _check_dims(search, simulator.spec)
     p = _Phases(config, simulator.sample, task, search, best_fn)
@@ -384,7 +393,7 @@ def make_split_step(
     *,
     programs: Programs | None = None,
     best_fn: Callable[[Any], Any] | None = None,
-) -> Callable[..., tuple[LTSState, dict[str, jax.Array]]]:
+) -> SplitStep:
     """:func:`make_step`'s iteration as separately compiled pieces, cached in ``programs``.
 
     Why: a large simulator (the traffic renderer: ~25 CPU-seconds to compile) is
@@ -407,6 +416,11 @@ def make_split_step(
     local device with that device's K / n x M scenes, committed to it: a jitted renderer runs there
     (compiled once per device, in the first iteration), a host renderer sees only those scenes, and
     each process renders only its own devices' candidates.
+
+    The returned :class:`SplitStep` also measures where an iteration's time goes: its ``clock``
+    (:class:`PhaseClock`) holds the seconds of sampling + rendering and of the rest of the last step,
+    which :func:`run_loop` logs as ``cost_sim_s`` / ``cost_train_s``. The step blocks until its outputs
+    are ready (the driver reads them right away anyway).
     """
     missing = [name for name in ("spec", "sample_scenes", "render_batches") if not hasattr(simulator, name)]
     if missing:
@@ -438,8 +452,62 @@ def make_split_step(
         return jax.tree_util.tree_map(lambda x: x.reshape((k, M, *x.shape[1:])), simulator.render_batches(flat))
 
     render = render_flat if mesh is None else lambda scenes: _render_per_device(render_flat, scenes, mesh)
-    step = _assemble(p, ask, sample, render, learn, tell, test)
-    return step if mesh is None else _placing(step, mesh)
+    clock = PhaseClock()
+    sim_start = [0.0]
+
+    def timed_sample(key, psi):  # the simulator's clock starts when psi is there ...
+        jax.block_until_ready(psi)
+        sim_start[0] = time.perf_counter()
+        return sample(key, psi)
+
+    def timed_render(scenes):  # ... and stops when the rendered data is
+        data = jax.block_until_ready(render(scenes))
+        clock.sim_s = time.perf_counter() - sim_start[0]
+        return data
+
+    inner = _assemble(p, ask, timed_sample, timed_render, learn, tell, test)
+    inner = inner if mesh is None else _placing(inner, mesh)
+
+    def step(state: LTSState, key: jax.Array, val_data, test_data=None):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(inner(state, key, val_data, test_data))
+        clock.train_s = time.perf_counter() - t0 - clock.sim_s
+        return out
+
+    return SplitStep(step, clock, mesh)
+
+
+class PhaseClock:
+    """Where the seconds of a split step's last iteration went (host-level; :func:`make_split_step` fills it).
+
+    ``sim_s``: sampling and rendering, from the candidates' psi being ready to their rendered data being
+    ready (the step blocks on both); ``train_s``: the rest of the step (ask, the K MTMs' training and
+    validation, AMTM, best MTM, tell, test). :func:`run_loop` logs them as ``cost_sim_s`` / ``cost_train_s``.
+    """
+
+    def __init__(self):
+        self.sim_s: float | None = None
+        self.train_s: float | None = None
+
+    def take(self) -> dict[str, float]:
+        """``{"cost_sim_s", "cost_train_s"}`` of the last step ({} before any), cleared for the next one."""
+        if self.sim_s is None or self.train_s is None:
+            return {}
+        out = {"cost_sim_s": float(self.sim_s), "cost_train_s": float(self.train_s)}
+        self.sim_s = self.train_s = None
+        return out
+
+
+class SplitStep:
+    """The step :func:`make_split_step` returns: ``step(state, key, val_data, test_data=None) -> (state,
+    metrics)`` like :func:`make_step`'s, with its :class:`PhaseClock` (``clock``) and device mesh (``mesh``,
+    None for one device). Host-level, not jittable: it blocks on the rendered data and on its outputs."""
+
+    def __init__(self, fn: Callable[..., tuple[LTSState, dict]], clock: PhaseClock, mesh: Mesh | None):
+        self._fn, self.clock, self.mesh = fn, clock, mesh
+
+    def __call__(self, state: LTSState, key: jax.Array, val_data, test_data=None):
+        return self._fn(state, key, val_data, test_data)
 
 
 def _render_per_device(render_fn, scenes, mesh: Mesh):
@@ -507,9 +575,10 @@ def run_loop(
     Each iteration uses ``fold_in(base_key, i)``, so resuming from a saved state
     reproduces an uninterrupted run. Test data is evaluated on iterations where
     ``test_every > 0`` and ``i % test_every == 0`` and on the last one. After
-    each iteration the host metrics (with ``iteration`` and ``time_s``) go to
-    every hook ``hook(i, state, metrics)``; ``should_stop()`` is polled between
-    iterations (e.g. set by a signal handler).
+    each iteration the host metrics (with ``iteration`` and ``time_s``, the
+    iteration's wall time; a :class:`SplitStep`'s ``cost_sim_s`` and
+    ``cost_train_s`` too) go to every hook ``hook(i, state, metrics)``;
+    ``should_stop()`` is polled between iterations (e.g. set by a signal handler).
     """
     hooks = list(hooks)
     start = int(state.iteration)
@@ -522,6 +591,8 @@ def run_loop(
         state, metrics = step(state, jax.random.fold_in(base_key, i), *args)
         host = to_host(metrics)
         check_finite(i, host)
+        if isinstance(step, SplitStep):
+            host.update(step.clock.take())
         host["iteration"] = i
         host["time_s"] = time.perf_counter() - t0
         for hook in hooks:

@@ -19,7 +19,7 @@ Writes, besides the run files of run.run_search (metrics.jsonl with the learned 
 "params", checkpoints, TensorBoard events, rewards.png, params.png):
   results.json   {"experiment": "car_count", "test_reward": {method: final test reward, "psi_real": ...},
                   "val_reward_curve", "test_reward_curve", "amtm_*_reward_curve", "logits", "psi", "psi_raw",
-                  "psi_real_reward", "simulator", "config", "timing"}
+                  "psi_real_reward", "simulator", "config", "cost" (common.cost), "timing"}
   car_count.png  validation and test reward over iterations, AMTM, and the psi_real reward as a line
   psi_real/      the reference run (``reference_iterations`` iterations of the fixed search at psi_real, the
                  same M and xi): its mean reward is "the reward of training on psi_real"
@@ -492,6 +492,7 @@ def search_and_report(
         "psi_real": spec.describe(spec.preset(PSI_REAL)),
         "simulator": dict(ctx.sim_info),
         "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(lts_cfg)},
+        "cost": common.cost(history, eval_images=cfg.val_size + cfg.test_size),
         "timing": {
             "search_s": search_time,
             "first_iteration_s": times[0],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,53 @@ def run_options(cfg: RunConfig) -> dict[str, Any]:
         checkpoint_every=cfg.checkpoint_every,
         keep_checkpoints=cfg.keep_checkpoints,
     )
+
+
+def cost(history: list[dict[str, Any]], *, eval_images: int = 0) -> dict[str, Any]:
+    """results.json's "cost" of a run from its metrics rows (``run.cost_totals``) and the evaluation data it
+    generated once (``eval_images``: validation + test examples):
+
+        {"images": search + evaluation examples generated, "search_images": K x M per iteration summed,
+         "eval_images", "mtm_steps": optimiser steps of every MTM and the AMTM, "sim_s": sampling +
+         rendering, "train_s": the rest of the steps, "wall_s": the iterations' wall time (compilation
+         included), "iterations", "timing": how the seconds were measured}
+
+    ``sim_s`` / ``train_s`` are None for a fused step (``lts.make_step``: one program, only its wall time
+    exists)."""
+    totals = run.cost_totals(history)
+    search_images = totals.pop("images") or 0
+    split = totals["sim_s"] is not None
+    return {
+        "images": search_images + int(eval_images),
+        "search_images": search_images,
+        "eval_images": int(eval_images),
+        **totals,
+        "timing": (
+            "split step: sim_s = sampling + rendering (blocked on the data), train_s = the rest of each step"
+            if split
+            else "fused step (one program): only the wall time is measured"
+        ),
+    }
+
+
+def cost_of_runs(costs: Mapping[str, Mapping[str, Any] | None], *, eval_images: int = 0) -> dict[str, Any]:
+    """results.json's "cost" of an experiment of several runs: the sums of the runs' :func:`cost` entries
+    (``{name: cost}``; None: a run that did not finish, left out), ``eval_images`` generated once for all,
+    and ``by_run``. A second counts as measured only when every run measured it."""
+    done = {name: dict(c) for name, c in costs.items() if c}
+
+    def total(key: str) -> Any:
+        values = [c.get(key) for c in done.values()]
+        return sum(values) if values and all(v is not None for v in values) else None
+
+    search_images = total("search_images") or 0
+    return {
+        "images": search_images + int(eval_images),
+        "search_images": search_images,
+        "eval_images": int(eval_images),
+        **{k: total(k) for k in ("iterations", "mtm_steps", "sim_s", "train_s", "wall_s")},
+        "by_run": done,
+    }
 
 
 def record(cfg: Any, **extra: Any) -> dict[str, Any]:

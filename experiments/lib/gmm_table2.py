@@ -76,7 +76,7 @@ def run_one(path: Path, cfg: gmm_toy.GmmToyConfig) -> dict[str, Any]:
         results = json.loads((path / "results.json").read_text())
     else:
         results = gmm_toy.train_and_evaluate(cfg, path)
-    return {"test_accuracy": results["test_accuracy"], "iterations": results["iterations"]}
+    return {"test_accuracy": results["test_accuracy"], "iterations": results["iterations"], "cost": results.get("cost")}
 
 
 def table(entries: Mapping[str, Mapping[str, Any]], gaussians: Sequence[int], seeds: Sequence[int]) -> dict[str, Any]:
@@ -103,6 +103,9 @@ def table(entries: Mapping[str, Mapping[str, Any]], gaussians: Sequence[int], se
         "lts_test_accuracy": rows,
         "val_params_test_accuracy": float(np.mean(val_params)) if val_params else None,
         "paper": PAPER,
+        "cost": common.cost_of_runs(
+            {name: e["result"].get("cost") for name, e in entries.items() if e["status"] == "done"}
+        ),
         "runs": {name: {k: v for k, v in e.items() if k not in ("result", "traceback")} for name, e in entries.items()},
     }
 

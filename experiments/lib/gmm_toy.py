@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,20 @@ def test_accuracy(sample_fn, psi, num: int, test: dict, seed: int, repeats: int,
     return float(np.mean(accs))
 
 
-def train_and_evaluate(cfg: GmmToyConfig, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(
+    cfg: GmmToyConfig,
+    workdir: str | Path,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    figures: bool = True,
+) -> dict[str, Any]:
     """Runs the search in ``workdir`` (resumable) and writes results.json and the figures; returns the results.
 
+    ``should_stop`` (polled between iterations: a time budget) ends the search early, which is not an error:
+    the results are those of the iterations run (``"stopped_early": true``). ``figures=False`` draws none.
+
     Raises ConfigError (a bad setting, before any work), and what ``run.prepare_workdir`` and
-    ``run.run_search`` raise (RunComplete for a finished run, WorkdirError, Interrupted, ...).
+    ``run.run_search`` raise (RunComplete for a finished run, WorkdirError, Interrupted by a signal, ...).
     """
     validate(cfg)
     workdir = common.prepare_workdir(cfg, workdir)
@@ -94,12 +104,22 @@ def train_and_evaluate(cfg: GmmToyConfig, workdir: str | Path) -> dict[str, Any]
     step = lts.make_step(lts_cfg, sim, task, search)
     state = lts.init_state(lts_cfg, task, search, k_state, psi0)
     logging.info("gmm_toy: %s, %s, search=%s, init=%s", spec, lts_cfg, cfg.search, cfg.init)
-    state, history = run.run_search(
-        step, state, k_run, cfg.num_iterations, val, workdir=workdir, spec=spec, **common.run_options(cfg)
-    )
+    stopped = False
+    try:
+        state, history = run.run_search(
+            step, state, k_run, cfg.num_iterations, val, workdir=workdir, spec=spec, should_stop=should_stop,
+            figures=figures, **common.run_options(cfg),
+        )  # fmt: skip
+        center = np.asarray(search.center(state.search))
+    except run.Interrupted as e:
+        if e.signum is not None:
+            raise
+        stopped, history = True, run.read_metrics(workdir)
+        if not history:
+            raise RuntimeError(f"{workdir}: the run stopped before its first iteration") from e
+        center = np.asarray(history[-1]["center"], np.float32)  # the search's answer after its last iteration
 
     sample = jax.jit(sim.sample, static_argnums=2)
-    center = np.asarray(search.center(state.search))
     real_sim, psi_real = gmm.real_simulator()
     real_sample = jax.jit(real_sim.sample, static_argnums=2)
     M = lts_cfg.dataset_size
@@ -111,16 +131,19 @@ def train_and_evaluate(cfg: GmmToyConfig, workdir: str | Path) -> dict[str, Any]
         "experiment": NAME,
         "simulator": sim.describe(),
         "num_gaussians": cfg.num_gaussians,
-        "iterations": int(state.iteration),
+        "iterations": len(history),
+        "stopped_early": stopped,
         "search": cfg.search,
         "test_accuracy": acc,
         "val_reward": lts.summarize_rewards(history),
+        "cost": common.cost(history, eval_images=cfg.val_size + cfg.test_size),
         "psi": spec.describe(center),
         "psi_raw": center.tolist(),
         "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(lts_cfg)},
     }
     run.write_json(workdir / "results.json", results)
-    draw_figures_from_workdir(workdir)
+    if figures:
+        draw_figures_from_workdir(workdir)
     logging.info("test accuracy: %s", acc)
     return results
 

@@ -5,7 +5,8 @@ r"""Redraw every figure of a run from its files (``python -m experiments.plot --
 Generic figures, from DIR/metrics.jsonl (any run, finished or not):
   rewards.png  search rewards (mean, max, best, baseline) and evaluation metrics over iterations;
   params.png   the evolution of the learned psi per block (paper Figure 7): category and Bernoulli
-               probabilities, Gaussian means with a one-standard-deviation band.
+               probabilities, Gaussian means with a one-standard-deviation band;
+  cost.png     the rewards against the examples generated so far and the wall time so far.
 
 Experiment-specific figures, for a finished run: results.json's "experiment"
 field names a module ``experiments.lib.<experiment>``; if it defines

@@ -557,6 +557,7 @@ class Outcome:
     checkpoints: dict[str, str] = dataclasses.field(default_factory=dict)
     psi: dict[str, list] = dataclasses.field(default_factory=dict)  # method -> the search's answer [dim]
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
+    cost: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> common.cost of its run
 
     def partial(self) -> dict[str, Any]:
         """results_partial.json: the tables of what finished so far."""
@@ -637,7 +638,8 @@ def run_method(
     row["best_iteration"] = int(state.best_mtm_iteration)
     row["best_val_reward_logged"] = float(state.best_mtm_reward)
     psi = None if strategy is None else np.asarray(jax.device_get(strategy.center(state.search))).tolist()
-    return {"row": row, "curves": curves(history), "checkpoint": str((method_dir / BEST_PARAMS).resolve()), "psi": psi}
+    return {"row": row, "curves": curves(history), "checkpoint": str((method_dir / BEST_PARAMS).resolve()), "psi": psi,
+            "cost": common.cost(history)}  # fmt: skip
 
 
 def run_methods(
@@ -676,6 +678,7 @@ def run_methods(
         result = entry["result"]
         outcome.rows[method], outcome.curves[method] = result["row"], result["curves"]
         outcome.checkpoints[method] = result["checkpoint"]
+        outcome.cost[method] = result.get("cost")
         if result["psi"] is not None:
             outcome.psi[method] = result["psi"]
         multi.save()  # the tables with this method's row
@@ -807,6 +810,8 @@ def train_and_evaluate(
             **{f"mtm_{k}": v for k, v in dataclasses.asdict(mtm_cfg).items()},
         },
         "timing": out.timing,
+        # the methods' search costs (the validation / test data and the pretraining are not counted)
+        "cost": common.cost_of_runs(out.cost),
         "device": str(jax.devices()[0].device_kind),
     }
     run.write_json(workdir / "results.json", results)

@@ -20,7 +20,7 @@ from lts_jax.run.checkpoint import CheckpointError
 from lts_jax.run.driver import DEFAULT_CHECKPOINT_EVERY, DEFAULT_KEEP_CHECKPOINTS, Interrupted, run_search
 from lts_jax.run.errors import RunError
 from lts_jax.run.files import StorageError, append_line, atomic_write_text, write_json
-from lts_jax.run.metrics import MetricsLog, read_metrics, sync_metrics, tensorboard_scalars
+from lts_jax.run.metrics import COST_COLUMNS, MetricsLog, cost_totals, read_metrics, sync_metrics, tensorboard_scalars
 from lts_jax.run.multirun import MultiRun, SubRunsFailed
 from lts_jax.run.progress import Progress
 from lts_jax.run.workdir import (
@@ -36,6 +36,7 @@ from lts_jax.run.workdir import (
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "COST_COLUMNS",
     "CONFIG_FILE",
     "DEFAULT_CHECKPOINT_EVERY",
     "DEFAULT_KEEP_CHECKPOINTS",
@@ -53,6 +54,7 @@ __all__ = [
     "atomic_write_text",
     "checkpoint",
     "config_differences",
+    "cost_totals",
     "distributed",
     "prepare_workdir",
     "psi_export",

@@ -158,7 +158,7 @@ def run_search(
         with a checkpoint (main thread only).
       should_stop: polled between iterations as well (tests, schedulers, time budgets).
       tensorboard: write TensorBoard events to the workdir.
-      figures: draw the generic figures (rewards.png, params.png) at the end.
+      figures: draw the generic figures (rewards.png, params.png, cost.png) at the end.
 
     With several processes every process calls it with the same arguments (see the module
     docstring); only the main process writes the run's files.

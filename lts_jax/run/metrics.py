@@ -4,6 +4,13 @@
 and ``params`` its readable form (``ParamSpec.describe``). A resumed run's
 file is cut back to its checkpoint first (:func:`sync_metrics`), so it never
 holds duplicate or missing lines.
+
+Cost columns (:data:`COST_COLUMNS`): the step's per-iteration ``cost_images`` (K x M examples generated),
+``cost_mtm_steps`` (optimiser steps of the K MTMs and the AMTM), a split step's ``cost_sim_s`` (sampling +
+rendering) and ``cost_train_s`` (the rest of the step), and the driver's ``time_s`` (the iteration's wall
+time, compilation included in the first); :class:`MetricsLog` adds their running sums over the whole run
+(``cost_images_total``, ..., ``cost_wall_s_total``), continued across a resume from the rows kept.
+:func:`cost_totals` reads a run's totals back (results.json's "cost").
 """
 
 from __future__ import annotations
@@ -20,6 +27,52 @@ from lts_jax.params import ParamSpec
 from lts_jax.run import tensorboard as tb
 from lts_jax.run.files import StorageError, append_line, atomic_write_text, io_message, json_default
 from lts_jax.run.workdir import METRICS_FILE, WorkdirError
+
+# per-iteration column -> its running sum over the run
+COST_COLUMNS = {
+    "cost_images": "cost_images_total",
+    "cost_mtm_steps": "cost_mtm_steps_total",
+    "cost_sim_s": "cost_sim_s_total",
+    "cost_train_s": "cost_train_s_total",
+    "time_s": "cost_wall_s_total",
+}
+# The columns that measure time: they differ between two runs of the same computation.
+TIMING_COLUMNS = frozenset(
+    {"time_s", "cost_sim_s", "cost_train_s", "cost_sim_s_total", "cost_train_s_total", "cost_wall_s_total"}
+)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _total_before(history: list[Mapping[str, Any]], column: str, total: str) -> int | float:
+    """The running sum of ``column`` over ``history``: the last row's ``total``, or the sum of the column
+    (rows written before the totals existed)."""
+    if history and _number(history[-1].get(total)):
+        return history[-1][total]
+    return sum(row[column] for row in history if _number(row.get(column)))
+
+
+def cost_running_sums(row: Mapping[str, Any], history: list[Mapping[str, Any]]) -> dict[str, int | float]:
+    """``{total: value}`` for every cost column of ``row``: the sums over ``history`` (the run's earlier rows,
+    those of earlier sessions included) and ``row``."""
+    return {
+        total: _total_before(history, column, total) + row[column]
+        for column, total in COST_COLUMNS.items()
+        if _number(row.get(column))
+    }
+
+
+def cost_totals(history: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The cost of a run from its metrics rows: ``{"iterations", "images", "mtm_steps", "sim_s", "train_s",
+    "wall_s"}`` (sums over the rows; None for what no row measured, e.g. sim_s / train_s of a fused step)."""
+    out: dict[str, Any] = {"iterations": len(history)}
+    for column, total in COST_COLUMNS.items():
+        name = total.removeprefix("cost_").removesuffix("_total")
+        measured = any(_number(row.get(column)) for row in history)
+        out[name] = _total_before(list(history), column, total) if measured else None
+    return out
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -118,7 +171,8 @@ class MetricsLog:
 
     Per-candidate arrays (``psi``: [K, d]) are dropped to keep lines short; the
     search's current answer is logged as ``center`` (raw psi) and ``params``
-    (readable). ``history`` holds the rows of earlier sessions of a resumed run.
+    (readable); the cost columns get their running sums (``*_total``, see the module
+    docstring). ``history`` holds the rows of earlier sessions of a resumed run.
     ``write=False`` keeps the rows in ``history`` only (the processes of a
     multi-process run other than the main one, which alone writes the file).
     """
@@ -145,6 +199,7 @@ class MetricsLog:
         row.update({k: v for k, v in metrics.items() if k not in self.drop})
         if "center" in metrics:
             row["params"] = self.spec.describe(np.asarray(metrics["center"], np.float32))
+        row.update(cost_running_sums(row, self.history))
         if self.write:
             append_line(self.path, json.dumps(row, default=json_default))
         self.history.append(row)

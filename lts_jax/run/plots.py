@@ -3,7 +3,7 @@
 Every function takes plain data (lists, NumPy arrays) and a path, so figures can
 be redrawn from a workdir's files long after the run. :func:`run_figures` draws
 the generic figures of any run from its metrics.jsonl rows (rewards.png,
-params.png); ``python -m experiments.plot`` redraws them.
+params.png, cost.png); ``python -m experiments.plot`` redraws them.
 """
 
 from __future__ import annotations
@@ -199,8 +199,56 @@ def params_figure(history: Sequence[Mapping], path: str | Path, *, include_froze
     return _save(fig, path)
 
 
+# The rewards drawn against the cost: the search's (every iteration) and the test rewards (where evaluated).
+COST_REWARD_KEYS = ("reward_mean", "best_reward", "test_reward", "amtm_test_reward")
+
+
+def _pairs(history: Sequence[Mapping], x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the rows holding finite numbers under both keys."""
+    xs, ys = [], []
+    for row in history:
+        x, y = row.get(x_key), row.get(y_key)
+        if all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in (x, y)):
+            xs.append(float(x))
+            ys.append(float(y))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def cost_figure(history: Sequence[Mapping], path: str | Path, *, title: str = "") -> Path | None:
+    """cost.png: the run's rewards against what they cost, the examples generated so far
+    (``cost_images_total``) and the wall time so far (``cost_wall_s_total``, compilation included); None
+    when the rows carry no cost columns (a run logged before they existed)."""
+    panels = [("cost_images_total", "examples generated (images rendered) so far"),
+              ("cost_wall_s_total", "wall time so far (s)")]  # fmt: skip
+    panels = [(k, label) for k, label in panels if len(_column(history, k)[0])]
+    keys = [k for k in COST_REWARD_KEYS if len(_column(history, k)[0])]
+    if not panels or not keys:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.0), squeeze=False)
+    for ax, (x_key, label) in zip(axes[0], panels):
+        for y_key in keys:
+            x, y = _pairs(history, x_key, y_key)
+            marker = "." if y_key.startswith(("test_", "amtm_test_")) else None  # evaluated every few iterations
+            ax.plot(x, y, label=y_key, marker=marker, linestyle="--" if y_key == "best_reward" else "-")
+        ax.set_xlabel(label)
+        ax.set_ylabel("reward")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    last = history[-1]
+    spent = [f"{last['cost_images_total']:,} examples" if "cost_images_total" in last else None,
+             f"{last['cost_mtm_steps_total']:,} MTM steps" if "cost_mtm_steps_total" in last else None,
+             f"{last['cost_wall_s_total']:.0f} s" if "cost_wall_s_total" in last else None]  # fmt: skip
+    fig.suptitle(title or f"reward against cost ({', '.join(s for s in spent if s)} in all)", fontsize=10)
+    return _save(fig, path)
+
+
 def run_figures(history: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
-    """The generic figures of any run (rewards.png, params.png) into ``out_dir``; returns the paths written."""
+    """The generic figures of any run (rewards.png, params.png and, with the cost columns, cost.png) into
+    ``out_dir``; returns the paths written."""
     out_dir = Path(out_dir)
-    written = [reward_figure(history, out_dir / "rewards.png"), params_figure(history, out_dir / "params.png")]
+    written = [
+        reward_figure(history, out_dir / "rewards.png"),
+        params_figure(history, out_dir / "params.png"),
+        cost_figure(history, out_dir / "cost.png"),
+    ]
     return [p for p in written if p is not None]

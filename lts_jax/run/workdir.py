@@ -7,7 +7,7 @@ Layout (what :func:`lts_jax.run.run_search` and the caller write)::
     WORKDIR/events.out.tfevents.*      TensorBoard scalars (one file per session; no TensorFlow needed)
     WORKDIR/checkpoints/<step>/        orbax checkpoints of the whole LTSState (newest ``keep_checkpoints``)
     WORKDIR/checkpoints_corrupt/       checkpoints that failed to restore, moved aside
-    WORKDIR/rewards.png, params.png    generic figures (plots.run_figures)
+    WORKDIR/rewards.png, params.png    generic figures (plots.run_figures; cost.png too)
     WORKDIR/results.json               the summary a script can read (written by the caller; its
                                        presence marks the run as finished)
 
@@ -53,7 +53,7 @@ CHECKPOINT_DIR = "checkpoints"
 # The one setting a finished run may be re-run with a larger value of (it then extends).
 EXTENSIBLE = "num_iterations"
 # Files and directories of a run; overwrite removes exactly these (figures are redrawn anyway).
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, PREVIOUS_RESULTS_FILE, "rewards.png", "params.png")
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, PREVIOUS_RESULTS_FILE, "rewards.png", "params.png", "cost.png")
 RUN_DIRS = (CHECKPOINT_DIR, CHECKPOINT_DIR + checkpoint.CORRUPT_SUFFIX)
 
 Difference = tuple[str, str | None, str | None]  # (name, value in the run, value now); None: absent

@@ -6,6 +6,7 @@ A task is an object with static configuration and pure, jittable methods:
     state = task.train(state, data, key, epochs)         # epochs: static int; a lax.scan over minibatches
     metrics = task.evaluate(state, data)                 # {"reward": [], ...}: higher reward is better
     logs = task.train_metrics(state)                     # {name: []} of a trained state, for the logs
+    steps = task.optimizer_steps(state)                  # [] int32: optimiser steps taken to reach state
 
 ``data`` is a dict of arrays with a leading example axis: what a simulator's ``sample`` returns, or real
 data with the same keys; ``task.data_keys`` names the entries ``train`` and ``evaluate`` read (a renderer
@@ -28,6 +29,9 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
+
+from lts_jax.tasks.trainer import TrainState
 
 # A strategy name, or a dict by phase / by backend family of names (see the module docstring).
 StrategyDeclaration = str | Mapping[str, str | Mapping[str, str]] | None
@@ -48,12 +52,17 @@ class Task(Protocol):
 
     def train_metrics(self, state: Any) -> dict[str, jax.Array]: ...
 
+    def optimizer_steps(self, state: Any) -> jax.Array: ...
+
 
 class TaskBase:
     """Defaults of a task's optional members; a task sets ``data_keys`` and writes init, train, evaluate.
 
     - ``required_strategy = preferred_strategy = None``: runs with whatever strategy the caller picks.
     - ``train_metrics(state) -> {}``: nothing to log of a trained state.
+    - ``optimizer_steps(state)``: the step counter of the shared trainer's state
+      (:class:`lts_jax.tasks.trainer.TrainState`), 0 for any other state (a model fitted without an optimiser,
+      such as the host SVM). A task with its own state that takes optimiser steps overrides it.
     """
 
     data_keys: tuple[str, ...]  # no default: every task names what it reads
@@ -64,3 +73,10 @@ class TaskBase:
         """Scalars [] of a trained state for the logs (the driver logs their mean over candidates as train_*)."""
         del state
         return {}
+
+    def optimizer_steps(self, state: Any) -> jax.Array:
+        """[] int32: the optimiser steps taken to reach ``state`` since ``init`` (the driver logs, per iteration,
+        the steps the K MTMs and the AMTM took as ``cost_mtm_steps``). Jittable."""
+        if isinstance(state, TrainState):
+            return jnp.asarray(state.step, jnp.int32)
+        return jnp.zeros((), jnp.int32)

@@ -185,6 +185,9 @@ class _CounterTask:
     def train_metrics(self, state):
         return {}
 
+    def optimizer_steps(self, state):
+        return state.astype(jnp.int32)  # one "step" per training
+
 
 @pytest.mark.parametrize("from_amtm", [False, True])
 def test_candidates_fine_tune_the_amtm(from_amtm):
@@ -198,6 +201,8 @@ def test_candidates_fine_tune_the_amtm(from_amtm):
         state, m = step(state, jax.random.key(i), val)
         # from the AMTM: iteration i's candidates start at i trainings; from scratch: at 0
         np.testing.assert_array_equal(np.asarray(m["rewards"]), [i + 1.0 if from_amtm else 1.0] * 2)
+        # cost: each of the 2 candidates and the AMTM took one "step" from its start, whichever that was
+        assert int(m["cost_mtm_steps"]) == 3 and int(m["cost_images"]) == 2 * 4
     assert float(state.amtm) == 3.0
 
 

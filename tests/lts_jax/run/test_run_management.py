@@ -20,6 +20,7 @@ import pytest
 from experiments import common
 from lts_jax import lts, run
 from lts_jax.run import checkpoint, files, tensorboard
+from lts_jax.run.metrics import TIMING_COLUMNS
 from lts_jax.search import policy
 from simulators import gmm
 from tests.conftest import LogisticTask
@@ -53,7 +54,7 @@ def search_run(workdir, num_iterations=N, **kw):
 
 
 def rows(history):
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in history]
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in history]
 
 
 def assert_same_run(workdir, reference_dir, state, reference_state):
@@ -68,7 +69,7 @@ def assert_same_run(workdir, reference_dir, state, reference_state):
     ours, ref = tensorboard.read_scalars(workdir), tensorboard.read_scalars(reference_dir)
     assert set(ours) == set(ref)
     for tag in ref:
-        if tag != "time_s":
+        if tag not in TIMING_COLUMNS:
             assert ours[tag] == ref[tag], tag
 
 
@@ -309,7 +310,7 @@ def test_generic_figures_and_plot_redraw(tmp_path, reference):
     from experiments.lib import plot
 
     written = plot.redraw(tmp_path)
-    assert {p.name for p in written} == {"rewards.png", "params.png"}
+    assert {p.name for p in written} == {"rewards.png", "params.png", "cost.png"}  # cost.png: the cost columns
     for p in written:
         assert p.stat().st_size > 10_000
     with pytest.raises(plot.PlotError, match="metrics.jsonl does not exist"):
