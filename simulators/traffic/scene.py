@@ -113,6 +113,8 @@ learned camera next to:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,7 +201,21 @@ HOUSE_PALETTE = np.array(
 ROOF_PALETTE = np.array([[0.42, 0.18, 0.13], [0.30, 0.30, 0.32], [0.50, 0.25, 0.16], [0.22, 0.22, 0.24]], np.float32)
 
 
-def make_spec(learn_intersection: bool = False, learn_rendering: bool = False) -> P.ParamSpec:
+def rendering_blocks(learn_rendering: bool | Sequence[str] | None) -> tuple[str, ...]:
+    """The rendering blocks a ``learn_rendering`` option asks for, in psi order: True all of RENDERING_BLOCKS,
+    False / None / () none, or the named ones (ValueError naming an unknown one)."""
+    if learn_rendering is None or learn_rendering is False:
+        return ()
+    if learn_rendering is True:
+        return RENDERING_BLOCKS
+    names = [learn_rendering] if isinstance(learn_rendering, str) else list(learn_rendering)
+    unknown = sorted(set(names) - set(RENDERING_BLOCKS))
+    if unknown:
+        raise ValueError(f"learn_rendering: unknown rendering blocks {unknown}; choose from {list(RENDERING_BLOCKS)}")
+    return tuple(b for b in RENDERING_BLOCKS if b in names)
+
+
+def make_spec(learn_intersection: bool = False, learn_rendering: bool | Sequence[str] = False) -> P.ParamSpec:
     """The traffic simulator's ParamSpec (blocks in psi order) and its presets.
 
     Blocks:
@@ -223,10 +239,13 @@ def make_spec(learn_intersection: bool = False, learn_rendering: bool = False) -
       color_balance     gaussian 2 (temperature, tint): white balance as channel gains.
       blur              gaussian 1 (sigma): Gaussian optical blur.
       noise             gaussian 1 (sigma): added per-channel sensor noise.
-    Without it (the default) psi has no rendering blocks: today's camera, today's psi layout (stored
-    runs and checkpoints stay valid) and bit-identical images. The neutral psi (zeros) is a sensible
-    default: uniform categoricals, p = 0.5, unit-variance jitter on the frozen rendering blocks, and
-    today's camera (zero offsets, no spread) on the rendering parameters.
+    ``learn_rendering`` may also name a subset (e.g. ``("camera", "exposure", "color_balance")``): the
+    others stay at today's values and the renderer skips their stages (the digital zoom of
+    ``field_of_view`` is the costly one). Without it (the default) psi has no rendering blocks: today's
+    camera, today's psi layout (stored runs and checkpoints stay valid) and bit-identical images.
+    The neutral psi (zeros) is a sensible default: uniform categoricals, p = 0.5, unit-variance jitter
+    on the frozen rendering blocks, and today's camera (zero offsets, no spread) on the rendering
+    parameters.
     """
     blocks = [
         P.categorical("road_length", labels=[str(n) for n in range(L.MIN_BLOCKS, L.MAX_BLOCKS + 1)]),
@@ -239,10 +258,10 @@ def make_spec(learn_intersection: bool = False, learn_rendering: bool = False) -
         P.gaussian("sun", 2, labels=["azimuth", "elevation"], frozen=True),
         P.gaussian("car_color_spread", 1, frozen=True),
     ]
-    if learn_rendering:
-        for name, (labels, (lo, hi)) in RENDERING_RANGES.items():
-            blocks.append(P.gaussian(name, len(labels), labels=list(labels), box=(lo, hi),
-                                     log_var_box=RENDERING_LOG_VAR_BOX))  # fmt: skip
+    for name in rendering_blocks(learn_rendering):
+        labels, (lo, hi) = RENDERING_RANGES[name]
+        blocks.append(P.gaussian(name, len(labels), labels=list(labels), box=(lo, hi),
+                                 log_var_box=RENDERING_LOG_VAR_BOX))  # fmt: skip
     return P.ParamSpec(blocks, PRESETS)
 
 
@@ -402,20 +421,26 @@ def sample_scenes(spec: P.ParamSpec, key: jax.Array, psi: jax.Array, num: int) -
     seed = d.raw("seed") >> 8  # 24 bits: exact through float32 (the renderer keeps arrays via float32)
 
     extra = {}
-    if RENDERING_BLOCKS[0] in spec.block_names:
+    present = [b for b in RENDERING_BLOCKS if b in spec.block_names]
+    if present:
         # Their own random bits (a key folded from this one), so that every other variable is drawn as
-        # without them; zero offsets then give today's scenes exactly (x + 0.0 == x).
-        x = _rendering_units(spec, raw, jax.random.fold_in(key, RENDERING_STREAM), n)
-        camera_height = camera_height + CAMERA_OFFSET_HEIGHT_UNIT * x["camera"][:, 0]
-        camera_pitch = camera_pitch + CAMERA_OFFSET_PITCH_UNIT * x["camera"][:, 1]
-        t, tint = x["color_balance"][:, 0], x["color_balance"][:, 1]
-        extra = {
-            "camera_fov": (jnp.float32(KITTI_HFOV_DEG) - FOV_UNIT_DEG * x["field_of_view"][:, 0]),
-            "exposure": EXPOSURE_UNIT_EV * x["exposure"][:, 0],
-            "color_gains": jnp.exp2(COLOR_BALANCE_UNIT * jnp.stack([t, tint, -t], axis=-1)),
-            "blur_sigma": BLUR_UNIT_PX * x["blur"][:, 0],
-            "noise_sigma": NOISE_UNIT * x["noise"][:, 0],
-        }
+        # without them; zero offsets then give today's scenes exactly (x + 0.0 == x). Only the blocks
+        # of the spec add fields: a renderer skips the stages of absent ones.
+        x = _rendering_units(spec, raw, jax.random.fold_in(key, RENDERING_STREAM), n, present)
+        if "camera" in x:
+            camera_height = camera_height + CAMERA_OFFSET_HEIGHT_UNIT * x["camera"][:, 0]
+            camera_pitch = camera_pitch + CAMERA_OFFSET_PITCH_UNIT * x["camera"][:, 1]
+        if "field_of_view" in x:
+            extra["camera_fov"] = jnp.float32(KITTI_HFOV_DEG) - FOV_UNIT_DEG * x["field_of_view"][:, 0]
+        if "exposure" in x:
+            extra["exposure"] = EXPOSURE_UNIT_EV * x["exposure"][:, 0]
+        if "color_balance" in x:
+            t, tint = x["color_balance"][:, 0], x["color_balance"][:, 1]
+            extra["color_gains"] = jnp.exp2(COLOR_BALANCE_UNIT * jnp.stack([t, tint, -t], axis=-1))
+        if "blur" in x:
+            extra["blur_sigma"] = BLUR_UNIT_PX * x["blur"][:, 0]
+        if "noise" in x:
+            extra["noise_sigma"] = NOISE_UNIT * x["noise"][:, 0]
         extra = {k: v.astype(jnp.float32) for k, v in extra.items()}
 
     return extra | {
@@ -450,11 +475,12 @@ def sample_scenes(spec: P.ParamSpec, key: jax.Array, psi: jax.Array, num: int) -
 RENDERING_STREAM = 1  # fold_in(key, RENDERING_STREAM): the rendering parameters' random bits
 
 
-def _rendering_units(spec: P.ParamSpec, raw: dict, key: jax.Array, num: int) -> dict[str, jax.Array]:
-    """Per image, each rendering block's value in units: clip(mean + spread * z, range), [num, size]."""
-    d = _Draws(key, num, {name: (spec[name].size,) for name in RENDERING_BLOCKS})
+def _rendering_units(spec: P.ParamSpec, raw: dict, key: jax.Array, num: int, names) -> dict[str, jax.Array]:
+    """Per image, each named rendering block's value in units: clip(mean + spread * z, range), [num, size]."""
+    d = _Draws(key, num, {name: (spec[name].size,) for name in names})
     out = {}
-    for name, (labels, (lo, hi)) in RENDERING_RANGES.items():
+    for name in names:
+        labels, (lo, hi) = RENDERING_RANGES[name]
         k = len(labels)
         mean, log_var = raw[name][:k], raw[name][k:]
         spread = jnp.sqrt(jnp.maximum(jnp.exp(log_var) - 1.0, 0.0))
@@ -468,19 +494,20 @@ def rendering_settings(spec: P.ParamSpec, psi) -> dict[str, dict[str, float]]:
     Returns ``{quantity: {"value": the setting at the blocks' means, "spread": per-image std in the
     same unit (0: every image alike; before the range's clipping)}}`` for camera_height_m,
     camera_pitch_deg (positive: down), hfov_deg, fx_over_width, exposure_ev, gain_r, gain_g, gain_b
-    (linear), blur_px_at_96_rows and noise_levels; empty when ``spec`` has no rendering blocks. The frozen
+    (linear), blur_px_at_96_rows and noise_levels (today's values for blocks the spec lacks: spread 0);
+    empty when ``spec`` has no rendering blocks. The frozen
     ``camera_jitter`` adds its own per-image spread (0.05 m and 0.01 rad at the neutral psi) on top.
     Compare with the real data sets' cameras: ``lts_jax.data.real.DATASETS[name].camera``.
     """
-    if RENDERING_BLOCKS[0] not in spec.block_names:
+    if not any(b in spec.block_names for b in RENDERING_BLOCKS):
         return {}
     arr = np.asarray(spec.validate(psi), np.float64)
     if arr.ndim != 1:
         raise ValueError(f"rendering_settings takes one psi of shape [{spec.dim}], got {list(arr.shape)}")
     mean, spread = {}, {}
     for name, (labels, (lo, hi)) in RENDERING_RANGES.items():
-        raw = arr[spec.slices[name]]
         k = len(labels)
+        raw = arr[spec.slices[name]] if name in spec.block_names else np.zeros(2 * k)
         for i, lab in enumerate(labels):
             mean[f"{name}.{lab}"] = float(np.clip(raw[i], lo, hi))
             spread[f"{name}.{lab}"] = float(np.sqrt(max(np.exp(raw[k + i]) - 1.0, 0.0)))
