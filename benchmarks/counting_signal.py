@@ -46,15 +46,16 @@ from simulators.traffic.render import _F, _W, CAR_SHAPES, WEATHER_TABLE
 from simulators.traffic.simulator import TrafficSimulator
 
 DEFAULT_MODELS = (
-    "default",
-    "ctx2pos:context=2,position=1",
-    "dens:head=density,context=2,position=1,norm=1",
+    "default:context=2,position=1",
+    "ctx1:context=1,position=1",
+    "ctx2_huber:context=2,position=1,loss=huber",
+    "ctx2_wide:context=2,position=1,features=32/64/128/128,hidden=256",
     "dens_mse:head=density,context=2,position=1,norm=1,loss=mse",
-    "dens_wide:head=density,context=2,position=1,norm=1,features=32/64/128/256,hidden=256",
-    "pool_norm:context=2,position=1,norm=1",
+    "paper_cnn:context=0",
 )
-DEFAULT_DEFS = ("10px", "50px+share0.4+fog0.3", "100px+share0.4+fog0.3", "150px+share0.5+fog0.3")
+DEFAULT_DEFS = ("renderer",)
 DEFAULT_VARIANTS = ("val", "clear:weather=clear", "fog:weather=fog", "sedan:car_type=sedan", "van:car_type=van")
+# The rule before issue 13 (10 pixels, occlusion only) for comparison: ``--defs=renderer,10px``.
 
 
 # ----- count definitions -------------------------------------------------------------------------------------
@@ -82,10 +83,13 @@ def bbox_area(cars: dict[str, np.ndarray], height: int, width: int) -> np.ndarra
 def visible_counts(cars: dict[str, np.ndarray], definition: str, height: int, width: int) -> np.ndarray:
     """float32 [N, 5] counts per car type under ``definition``: "+"-joined conditions on each present car.
 
+    ``renderer``: the renderer's own ``counts`` (simulators/traffic/visibility.py's rule). Else:
     ``Ppx``: at least P visible pixels (P at 96x320, scaled with the image area); ``shareS``: visible pixels
     at least S of its unoccluded projection's bounding box; ``fogT``: fog / haze transmittance
     exp(-distance / fog distance) at its distance at least T.
     """
+    if definition == "renderer":
+        return cars["counts"].astype(np.float32)
     keep = cars["present"].copy()
     pix = cars["pixels"]
     for cond in definition.split("+"):
@@ -112,17 +116,17 @@ def render_set(sim: TrafficSimulator, psi: np.ndarray, num: int, seed: int, chun
         out = sim.render(scenes)
         ids = jnp.arange(1, L.MAX_BLOCKS + 1, dtype=jnp.int32)
         pixels = jnp.sum((out["instance"][..., None] == ids).astype(jnp.int32), axis=(1, 2))
-        return out["image"], pixels, scenes
+        return out["image"], pixels, scenes, out["counts"]
 
     images, rows = [], []
     for i in range(-(-num // chunk)):
-        img, pixels, sc = one(jax.random.fold_in(jax.random.key(seed), i))
+        img, pixels, sc, counts = one(jax.random.fold_in(jax.random.key(seed), i))
         images.append(img)
         sc = jax.device_get(sc)
         rows.append({
             "pixels": np.asarray(pixels), "present": sc["car_present"], "type": sc["car_type"],
             "x": sc["car_pos"][..., 0], "z": sc["car_pos"][..., 1], "heading": sc["car_heading"],
-            "camera_height": sc["camera_height"], "weather": sc["weather"],
+            "camera_height": sc["camera_height"], "weather": sc["weather"], "counts": np.asarray(counts),
         })  # fmt: skip
     cars = {k: np.concatenate([r[k] for r in rows])[:num] for k in rows[0]}
     cars["weather"] = np.repeat(cars["weather"][:, None], L.MAX_BLOCKS, axis=1)

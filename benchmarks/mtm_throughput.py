@@ -107,6 +107,16 @@ def make_data(key: jax.Array, k: int, m: int, height: int, width: int):
     }
 
 
+def model_options(args) -> dict:
+    """The counting CNN's context layers and position embedding, where given (else CountingTask's defaults)."""
+    out = {}
+    if getattr(args, "context", None) is not None:
+        out["context"] = args.context
+    if getattr(args, "position", None) is not None:
+        out["position"] = bool(args.position)
+    return out
+
+
 def xla_flops_per_image(task: CountingTask, batch: int) -> float | None:
     """XLA's cost-analysis FLOPs of one training step, per image (None if unavailable)."""
     state = task.init(jax.random.key(0))
@@ -155,7 +165,8 @@ def build_train(args, conv: str, dtype: str, k: int, strategy: str, data, keys):
     cls = BarrierTask if variant == "barrier" else CountingTask
     if variant and variant != "barrier" and not variant.startswith("unroll"):
         raise ValueError(f"unknown variant {variant!r}")
-    common = dict(features=args.features, hidden=args.hidden, conv=conv, compute_dtype=dtype, unroll=unroll)
+    common = dict(features=args.features, hidden=args.hidden, conv=conv, compute_dtype=dtype, unroll=unroll,
+                  **model_options(args))  # fmt: skip
     task = cls(args.height, args.width, batch_size=b, **common)
     s = trainer.batching(m, b)[0]
     states = jax.vmap(task.init)(jax.random.split(jax.random.key(0), k))
@@ -239,7 +250,7 @@ def bench_train_group(args, conv: str, dtype: str, k: int, strategies, rng, prof
             print(f"# profiling failed: {type(e).__name__}: {e}", flush=True)
 
     flops_per_image = CountingTask(
-        args.height, args.width, features=args.features, hidden=args.hidden, conv=conv
+        args.height, args.width, features=args.features, hidden=args.hidden, conv=conv, **model_options(args)
     ).flops_per_image()
     peak = device_peak(jax.devices()[0].device_kind, dtype)
     out = []
@@ -274,6 +285,7 @@ def bench_eval_group(args, conv: str, dtype: str, k: int, strategies, rng) -> li
         conv=conv,
         compute_dtype=dtype,
         eval_batch_size=args.eval_batch,
+        **model_options(args),
     )
     val = jax.tree_util.tree_map(
         lambda x: x[0], make_data(jax.random.fold_in(rng, 10_000 + k), 1, args.val_size, args.height, args.width)
@@ -325,7 +337,7 @@ def device_task(args, name: str, dtype: str):
     if name == "counting":
         task = CountingTask(
             args.height, args.width, batch_size=args.batch, features=args.features, hidden=args.hidden,
-            compute_dtype=dtype,
+            compute_dtype=dtype, **model_options(args),
         )  # fmt: skip
         return task, args.height, args.width, args.batch, make_data
     if name == "segmentation":
@@ -437,6 +449,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--features", type=csv(int), default=[16, 32, 64, 128])
     p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--context", type=int, default=None, help="3x3 context layers (default: CountingTask's)")
+    p.add_argument("--position", type=int, default=None, help="1/0: position embedding (default: CountingTask's)")
     p.add_argument("--unroll", type=int, default=1)
     p.add_argument("--val_size", type=int, default=200)
     p.add_argument("--eval_batch", type=int, default=256)
@@ -489,8 +503,9 @@ def main(argv=None):
     for conv in args.convs:
         for dtype in args.dtypes:
             t = CountingTask(
-                args.height, args.width, features=args.features, hidden=args.hidden, conv=conv, compute_dtype=dtype
-            )
+                args.height, args.width, features=args.features, hidden=args.hidden, conv=conv, compute_dtype=dtype,
+                **model_options(args),
+            )  # fmt: skip
             fl = {"analytic": t.flops_per_image(), "xla_cost_analysis": xla_flops_per_image(t, args.batch)}
             report["flops_per_image"][f"{conv}/{dtype}"] = fl
             print(f"# {conv}/{dtype} training FLOPs per image: {fl}", flush=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lts_jax.models.counting import CONVS, CountingCNN, to_patch_order, train_flops_per_image
@@ -67,6 +68,9 @@ class CountingTask(TaskBase):
         matrix products in bf16 while parameters, gradients and optimizer state
         stay float32.
       features, hidden, conv, context, position, head, norm: the CNN (see :mod:`lts_jax.models.counting`).
+        The defaults (two 3x3 context layers and a position embedding at the lowest resolution) are the
+        formulation chosen by measurement in issue 13 (benchmarks/counting_signal.py: without them the CNN
+        learns no more than the count prior); ``context=0, position=False`` is the earlier, paper-like CNN.
       init_params: parameters every :meth:`init` starts from (a pretrained model, e.g.
         :func:`pretrain`), with a fresh optimizer state; None: a random initialisation from the key.
       loss: training loss per count: "l1" (the metric), "mse" (squared error) or
@@ -93,8 +97,8 @@ class CountingTask(TaskBase):
         features: Sequence[int] = (16, 32, 64, 128),
         hidden: int = 128,
         conv: str = "patch",
-        context: int = 0,
-        position: bool = False,
+        context: int = 2,
+        position: bool = True,
         loss: str = "l1",
         num_types: int = 5,
         eval_batch_size: int = 256,
@@ -136,11 +140,7 @@ class CountingTask(TaskBase):
             dtype=COMPUTE_DTYPES[compute_dtype],
         )
         self.optimizer = make_optimizer(optimizer, learning_rate, grad_clip)
-        self.init_params = init_params
-        if init_params is not None:
-            expected = jax.tree_util.tree_structure(jax.eval_shape(self._random_params, jax.random.key(0)))
-            if jax.tree_util.tree_structure(init_params) != expected:
-                raise ValueError("init_params do not fit this CountingTask's CNN (another architecture?)")
+        self.init_params = None if init_params is None else self._checked(init_params)
 
     # -- model ---------------------------------------------------------------------------------
 
@@ -182,8 +182,19 @@ class CountingTask(TaskBase):
     def with_init_params(self, params: Any) -> CountingTask:
         """The same task whose models start from ``params`` (e.g. a pretrained CNN)."""
         clone = copy.copy(self)
-        clone.init_params = params
+        clone.init_params = self._checked(params)
         return clone
+
+    def _checked(self, params: Any) -> Any:
+        """``params`` if they fit this task's CNN (same tree, same shapes), else a ValueError."""
+        expected = jax.eval_shape(self._random_params, jax.random.key(0))
+        same_tree = jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)
+        if not same_tree or any(
+            tuple(np.shape(a)) != tuple(b.shape)
+            for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected))
+        ):
+            raise ValueError("init_params do not fit this CountingTask's CNN (another architecture or image size?)")
+        return params
 
     def loss_fn(self, params: Any, inputs: jax.Array, counts: jax.Array, weights: jax.Array) -> jax.Array:
         """Weighted mean over examples of the type-averaged training loss; inputs prepared, weights [B]."""
