@@ -82,7 +82,10 @@ def test_car_count_quick_flagfile_tiny(tmp_path, cli):
     r = json.loads((workdir / "results.json").read_text())
     assert r["experiment"] == "car_count" and r["simulator"]["name"] == "traffic"
     assert r["simulator"]["height"] == 24 and r["simulator"]["width"] == 80
-    assert r["config"]["mtm_lr"] == 0.003 and r["config"]["policy_lr"] == 0.2  # the flagfile's
+    given = dict(
+        line[2:].split("=", 1) for line in flagfile.read_text().splitlines() if line.startswith("--") and "=" in line
+    )
+    assert r["config"]["mtm_lr"] == float(given["mtm_lr"]) and r["config"]["seed"] == int(given["seed"])  # the file's
     assert set(r["test_reward"]) >= {"lts", "lts_amtm", "psi_real"}
     assert all(np.isfinite(v) and v <= 0 for v in r["test_reward"].values())
     assert len(r["val_reward_curve"]) == 3 and r["test_reward_curve"]["step"] == [0, 2]
