@@ -12,18 +12,30 @@ function of ``experiments/lib/NAME.py``::
         lib.train_and_evaluate(cfg, common.workdir())
 
     if __name__ == "__main__":
-        app.run(common.run_main(main))
+        common.main(main)                                  # absl's app.run with the exit statuses below
 
 Flags are named like the fields (DESIGN.md's shared names: ``--workdir --seed --num_iterations
 --num_candidates --dataset_size --mtm_epochs --retain_mtm --search --policy_lr --policy_variance
 --baseline_decay ...``); :data:`HELP` holds the help of the fields that several experiments share. The
 library names its parameters in messages (``overwrite=True``); :func:`user_message` renders them as flags
-(``--overwrite``), and :func:`run_main` maps the outcomes to exit statuses.
+(``--overwrite``), and :func:`run_main` maps the outcomes to exit statuses, the same for every command
+(:data:`EXIT_STATUS`; README.md "Exit status"):
+
+    0    done, or the workdir already holds this finished run (nothing touched)
+    2    configuration or input: a flag out of range, an unknown flag, a value of the wrong type, a missing
+         flagfile, flags that differ from the run in --workdir, an unusable workdir, a checkpoint of another
+         configuration, bad input data -- one line, no help text (--help prints the help)
+    3    a simulator that stayed unavailable after its retries (every CARLA server); the last good
+         checkpoint is kept and re-running the same command resumes
+    130  stopped by SIGINT, 143 by SIGTERM, after saving a checkpoint (the same command resumes)
+    1    anything else: a non-finite value (the iteration named), a file that could not be written (the
+         file named), failed sub-runs of a multi-run, a bug
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -81,6 +93,10 @@ HELP = {
     "policy_tie_std_growth": "When all K rewards tie, grow sigma by this factor (up to --policy_max_std; 1: off).",
     "policy_max_std": "Largest sigma that --policy_tie_std_growth reaches.",
     "es_lr": "Learning rate of an evolution strategy (--search=openes|snes|cma_es|pgpe); unset: its default.",
+    "num_devices": "Devices the K candidates are split over (0: every device; K must be a multiple; 1: one device).",
+    "coordinator": "host:port of process 0 of a multi-host run (else JAX_COORDINATOR_ADDRESS or the cluster's).",
+    "num_processes": "Processes of a multi-host run (else JAX_NUM_PROCESSES or the cluster's; unset: one).",
+    "process_id": "This process's index in a multi-host run (else JAX_PROCESS_ID or the cluster's).",
     "candidates_from_amtm": (
         "The K per-iteration MTMs fine-tune the AMTM (needs --retain_mtm) instead of starting from scratch."
     ),
@@ -125,6 +141,19 @@ HELP = {
 
 WORKDIR = flags.DEFINE_string("workdir", None, HELP["workdir"])
 
+# The exit statuses of every command (module docstring; README.md "Exit status").
+EXIT_STATUS = {
+    "done": 0,
+    "error": 1,
+    "configuration": 2,
+    "simulator_unavailable": 3,
+    "SIGINT": 130,
+    "SIGTERM": 143,
+}
+HELP_ARGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?", "--?")
+# {module name: flag names} of define_flags, so that --help lists a command's own flags
+_DEFINED_BY: dict[str, list[str]] = {}
+
 _DEFINE = {
     bool: flags.DEFINE_bool,
     int: flags.DEFINE_integer,
@@ -156,6 +185,8 @@ def define_flags(cls: type, help: Mapping[str, str] | None = None) -> dict[str, 
     texts = {**HELP, **(help or {})}
     hints = typing.get_type_hints(cls)
     holders = {}
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    _DEFINED_BY.setdefault(caller, []).extend(f.name for f in dataclasses.fields(cls))
     for f in dataclasses.fields(cls):
         kind, _ = _field_type(hints[f.name])
         if f.name in flags.FLAGS:
@@ -176,7 +207,8 @@ def define_flags(cls: type, help: Mapping[str, str] | None = None) -> dict[str, 
 
 def config_from_flags(cls: type, base: Any = None) -> Any:
     """A ``cls`` from the command line: ``base`` (default ``cls()``) with the value of every flag given
-    (on the command line or in a flagfile). Raises ConfigError naming a list flag with an unusable element."""
+    (on the command line or in a flagfile). Raises ConfigError naming a list flag with an unusable element,
+    or a float flag given as inf or nan (no setting takes one)."""
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
@@ -196,6 +228,10 @@ def config_from_flags(cls: type, base: Any = None) -> Any:
                         f"{p(n, s)} is out of range; accepted: a comma-separated list of {w}"
                     )
                 ) from None
+        if kind is float and value is not None and not math.isfinite(value):
+            raise ConfigError(
+                lambda p, n=f.name, v=value: f"{p(n, v)} is out of range; accepted: a finite float"
+            )
         values[f.name] = value
     return dataclasses.replace(cls() if base is None else base, **values)
 
@@ -232,43 +268,149 @@ def user_message(error: BaseException) -> str:
     return error.render(flag) if isinstance(error, run.RunError) else str(error)
 
 
-def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
-    """Wraps an experiment's main: turns library errors into clear exits.
+def _command_help() -> str:
+    """The help of the running command: its docstring and its own flags (define_flags of ``__main__``, flags
+    defined in it directly, --workdir)."""
+    main = sys.modules.get("__main__")
+    names = ["workdir", *_DEFINED_BY.get("__main__", [])]
+    by_module = flags.FLAGS.flags_by_module_dict()
+    for key in (sys.argv[0], "__main__"):
+        names += [fl.name for fl in by_module.get(key, [])]
+    lines = [(getattr(main, "__doc__", None) or "").strip(), "", "Flags (--helpfull: every flag, absl's too):"]
+    for name in dict.fromkeys(names):
+        if name not in flags.FLAGS:
+            continue
+        fl = flags.FLAGS[name]
+        lines.append(f"  --{name}: {fl.help}")
+        lines.append(f"    (default: {fl.default_as_str or 'unset'})")
+    return "\n".join(lines).strip() + "\n"
 
-    Exit status:
-      0: done, or the workdir already holds this finished run (RunComplete; nothing touched).
-      1: a non-finite value (names the iteration), or a file could not be written
-         (StorageError, CheckpointError, OSError; the message names the path), or sub-runs failed
-         (SubRunsFailed; the others finished).
-      2: configuration problems: a setting out of range (ConfigError, naming the flag), flags that differ
-         from the run in the workdir (WorkdirError), an unusable workdir.
-      128 + signal (130 SIGINT, 143 SIGTERM): stopped by a signal after saving a
-         checkpoint; re-running the same command resumes.
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flags parser for the commands (``app.run(..., flags_parser=parse_flags)``): ``--help`` prints the
+    command's help (exit 0); a flag absl cannot parse (unknown, a value of the wrong type, a missing flagfile)
+    is a usage error: one line naming it, exit 2, no help text."""
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        sys.stdout.write(_command_help())
+        sys.exit(EXIT_STATUS["done"])
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        text = " ".join(str(e).split())  # one line: absl's flagfile errors span several
+        _usage_exit(f"{text} (--help lists the flags)")
+
+
+def _usage_exit(message: str, status: int = EXIT_STATUS["configuration"]):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def main(main_fn: Callable[[], Any]) -> None:
+    """Runs an experiment's command: ``app.run`` with :func:`parse_flags` and :func:`run_main`'s exit statuses."""
+    app.run(run_main(main_fn), flags_parser=parse_flags)
+
+
+def _workdir_snapshot() -> tuple[Path, bool, bool] | None:
+    """(--workdir, whether it existed, whether it held flags.txt) before a command ran, or None without one."""
+    if not WORKDIR.present and not WORKDIR.value:
+        return None
+    path = Path(WORKDIR.value)
+    return path, path.exists(), (path / run.CONFIG_FILE).exists()
+
+
+def _undo_new_workdir(snapshot: tuple[Path, bool, bool] | None) -> None:
+    """After a configuration or input error: removes the flags.txt this command wrote into a workdir that held
+    no run before (and the directory, when the command created it and it is empty again). A run's files
+    (metrics, checkpoints, results) are never touched."""
+    if snapshot is None:
+        return
+    path, existed, had_config = snapshot
+    config = path / run.CONFIG_FILE
+    if had_config or not config.exists():
+        return
+    if any((path / name).exists() for name in ("metrics.jsonl", run.CHECKPOINT_DIR, "results.json")):
+        return
+    try:
+        config.unlink()
+        if not existed and not any(path.iterdir()):
+            path.rmdir()
+    except OSError:
+        pass
+
+
+def _checkpoint_note(snapshot: tuple[Path, bool, bool] | None) -> str:
+    """Where the last good checkpoint of the run in --workdir is, for a message."""
+    if snapshot is None:
+        return ""
+    steps = run.checkpoint.list_steps(snapshot[0] / run.CHECKPOINT_DIR)
+    if steps:
+        return f" The last good checkpoint, {snapshot[0] / run.CHECKPOINT_DIR / str(steps[-1])}, is kept."
+    return f" Nothing in {snapshot[0]} was lost."
+
+
+def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
+    """Wraps an experiment's main: turns library errors into clear exits (the statuses of the module docstring).
+
+    A configuration or input error (exit 2) prints one line, ``error: MESSAGE`` naming the flag, and removes
+    the flags.txt it wrote into a workdir that held no run. Every other error prints its message (the flag,
+    file or iteration named) without a traceback, except a bug (exit 1 with Python's traceback).
     """
 
     def _main(argv: list[str]) -> None:
         if len(argv) > 1:
-            raise usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+            _usage_exit(f"unexpected arguments: {' '.join(argv[1:])} (--help lists the flags)")
         run.checkpoint.quiet_orbax_logs()
+        snapshot = _workdir_snapshot()
         try:
             main_fn()
-        except ConfigError as e:
-            raise usage_error(user_message(e)) from e
+        except (ConfigError, app.UsageError, run.WorkdirError, run.checkpoint.LayoutMismatch) as e:
+            _undo_new_workdir(snapshot)
+            status = getattr(e, "exitcode", None) if isinstance(e, app.UsageError) else None
+            print(f"error: {user_message(e)}", file=sys.stderr)
+            sys.exit(status or EXIT_STATUS["configuration"])
         except run.RunComplete as e:
             print(f"already complete: {user_message(e)}", file=sys.stderr)
-            sys.exit(0)
+            sys.exit(EXIT_STATUS["done"])
         except run.Interrupted as e:
             print(f"interrupted: {user_message(e)}. Re-run the same command to resume.", file=sys.stderr)
-            sys.exit(128 + e.signum if e.signum else 1)
-        except run.WorkdirError as e:
-            print(f"error: {user_message(e)}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(128 + e.signum if e.signum else EXIT_STATUS["error"])
+        except KeyboardInterrupt:  # a second SIGINT: stopped at once, without saving
+            print(f"interrupted at once.{_checkpoint_note(snapshot)} Re-run the same command to resume.",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(EXIT_STATUS["SIGINT"])
         except (lts.NonFiniteError, run.StorageError, run.CheckpointError, run.SubRunsFailed) as e:
             print(f"error: {user_message(e)}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(EXIT_STATUS["error"])
         except OSError as e:
             where = f" ({e.filename})" if e.filename else ""
             print(f"error: {e.strerror or e}{where}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(EXIT_STATUS["error"])
+        except Exception as e:
+            unavailable = _simulator_unavailable(e)
+            if unavailable is None:
+                raise
+            print(
+                f"error: {unavailable}\nstopped: the simulator stayed unavailable after its retries."
+                f"{_checkpoint_note(snapshot)} Start the servers and re-run the same command to resume.",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_STATUS["simulator_unavailable"])
 
     return _main
+
+
+def _simulator_unavailable(e: BaseException) -> str | None:
+    """The message of the error behind ``e`` saying that a simulator stayed unavailable after its retries
+    (``run.SimulatorUnavailable``, e.g. every CARLA server of a pool failed, raised directly or through the
+    host bridge, whose text alone crosses it), or None."""
+    seen, cause = set(), e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, run.SimulatorUnavailable):
+            return str(cause)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    marker = "NoCarlaServerError:"
+    for line in str(e).splitlines():
+        if marker in line:
+            return line[line.index(marker) :].strip()
+    return None

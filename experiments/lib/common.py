@@ -26,7 +26,11 @@ SEARCHES = search.NAMES  # lts, fixed, random_params, random_search, openes, sne
 BASELINES = ("ema", "batch_mean", "leave_one_out")
 ADVANTAGES = ("raw", "normalized", "centered_rank")
 # Settings that change how a run is managed, not what it computes: they may differ from a run's stored ones.
-RUN_MANAGEMENT = frozenset({"workdir", "overwrite", "progress", "log_every", "checkpoint_every", "keep_checkpoints"})
+RUN_MANAGEMENT = frozenset({
+    "workdir", "overwrite", "progress", "log_every", "checkpoint_every", "keep_checkpoints",
+    # where a run computes (a run may resume on another device count: results agree to float tolerance)
+    "num_devices", "coordinator", "num_processes", "process_id",
+})  # fmt: skip
 
 
 class ConfigError(run.RunError, ValueError):
@@ -52,6 +56,12 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = run.DEFAULT_CHECKPOINT_EVERY
     keep_checkpoints: int = run.DEFAULT_KEEP_CHECKPOINTS
+    # issue 18: the K candidates over this many devices (0: every device of every process; 1: one device),
+    # and the processes of a multi-host run (lts_jax/run/distributed.py; unset: from the environment)
+    num_devices: int = 1
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -95,6 +105,9 @@ def validate_run(cfg: RunConfig) -> None:
     check(cfg.log_every >= 0, "log_every", cfg.log_every, "an integer >= 0")
     check(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every, "an integer >= 0")
     check(cfg.keep_checkpoints >= 1, "keep_checkpoints", cfg.keep_checkpoints, "an integer >= 1")
+    check(cfg.num_devices >= 0, "num_devices", cfg.num_devices, "an integer >= 0 (0: every device)")
+    check(cfg.num_processes is None or cfg.num_processes >= 1, "num_processes", cfg.num_processes, "an integer >= 1")
+    check(cfg.process_id is None or cfg.process_id >= 0, "process_id", cfg.process_id, "an integer >= 0")
 
 
 def validate_search(cfg: SearchConfig, searches: tuple[str, ...] = SEARCHES) -> None:
@@ -121,6 +134,10 @@ def validate_search(cfg: SearchConfig, searches: tuple[str, ...] = SEARCHES) -> 
     needs_even = (cfg.search == "lts" and cfg.policy_antithetic) or cfg.search in ("openes", "pgpe")
     check(even or not needs_even, "num_candidates", cfg.num_candidates,
           f"an even integer (mirrored sampling of --search={cfg.search})")  # fmt: skip
+    n = cfg.num_devices  # 0 (every device) is checked against the device count when the run starts
+    check(
+        n == 0 or cfg.num_candidates % n == 0, "num_devices", n, f"a divisor of num_candidates = {cfg.num_candidates}"
+    )
     check(cfg.retain_mtm or not cfg.candidates_from_amtm, "candidates_from_amtm", cfg.candidates_from_amtm,
           "false unless retain_mtm is set (the candidates fine-tune the AMTM)")  # fmt: skip
     check(cfg.train_strategy in parallel.STRATEGIES, "train_strategy", cfg.train_strategy, str(parallel.STRATEGIES))
@@ -149,27 +166,55 @@ def lts_config(cfg: SearchConfig, **overrides: Any) -> lts.LTSConfig:
         eval_strategy=cfg.eval_strategy,
         common_sim_key=cfg.common_sim_key,
         candidates_from_amtm=cfg.candidates_from_amtm,
+        num_devices=num_devices(cfg),
     )
     values.update(overrides)
     return lts.LTSConfig(**values)
 
 
+def num_devices(cfg: SearchConfig) -> int:
+    """The device count the K candidates are split over (``num_devices``; 0: every device); ConfigError naming
+    ``num_devices`` when K is not a multiple of it."""
+    import jax
+
+    n = cfg.num_devices or jax.device_count()
+    if n > jax.device_count():
+        raise out_of_range("num_devices", n, f"at most the {jax.device_count()} devices of this run")
+    if cfg.num_candidates % n:
+        raise out_of_range("num_devices", cfg.num_devices, f"a divisor of num_candidates = {cfg.num_candidates} "
+                           f"(here {n} devices{' in all' if not cfg.num_devices else ''})")  # fmt: skip
+    return n
+
+
+# The Gaussian policy's options (search.make("lts", ...)) -> the SearchConfig fields that set them.
+POLICY_FIELDS = {
+    "variance": "policy_variance",
+    "learn_variance": "learn_variance",
+    "learning_rate": "policy_lr",
+    "optimizer": "policy_optimizer",
+    "grad_clip": "policy_grad_clip",
+    "baseline": "policy_baseline",
+    "baseline_decay": "baseline_decay",
+    "advantages": "policy_advantages",
+    "antithetic": "policy_antithetic",
+    "prob_floor": "policy_prob_floor",
+    "tie_std_growth": "policy_tie_std_growth",
+    "max_std": "policy_max_std",
+}
+
+
+def policy_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """SearchConfig field values that make ``search_options(cfg, "lts")`` hold ``options`` (policy option names,
+    e.g. ``search.policy.RECOMMENDED``). Raises ValueError naming an option no field sets."""
+    unknown = sorted(set(options) - set(POLICY_FIELDS))
+    if unknown:
+        raise ValueError(f"no setting of the policy option(s) {unknown}; known: {sorted(POLICY_FIELDS)}")
+    return {POLICY_FIELDS[k]: v for k, v in options.items()}
+
+
 def search_options(cfg: SearchConfig, name: str) -> dict[str, Any]:
     """The keyword arguments of ``search.make(name, ...)`` that ``cfg`` sets (only the options ``name`` takes)."""
-    policy = {
-        "variance": cfg.policy_variance,
-        "learn_variance": cfg.learn_variance,
-        "learning_rate": cfg.policy_lr,
-        "optimizer": cfg.policy_optimizer,
-        "grad_clip": cfg.policy_grad_clip,
-        "baseline": cfg.policy_baseline,
-        "baseline_decay": cfg.baseline_decay,
-        "advantages": cfg.policy_advantages,
-        "antithetic": cfg.policy_antithetic,
-        "prob_floor": cfg.policy_prob_floor,
-        "tie_std_growth": cfg.policy_tie_std_growth,
-        "max_std": cfg.policy_max_std,
-    }
+    policy = {option: getattr(cfg, field) for option, field in POLICY_FIELDS.items()}
     if name == "lts":
         return policy
     # the baselines and the evolution strategies: the exploration variance, and an ES's own learning rate
@@ -257,7 +302,13 @@ def record(cfg: Any, **extra: Any) -> dict[str, Any]:
 def prepare_workdir(cfg: RunConfig, workdir: str | os.PathLike, also_ignore: Iterable[str] = ()) -> Path:
     """``run.prepare_workdir`` with the run's settings: resume, extend, "already complete" (RunComplete), or
     WorkdirError listing the settings that differ. RUN_MANAGEMENT and ``also_ignore`` (settings that change
-    only how fast a run goes) may differ. Call after validation, before any work."""
+    only how fast a run goes) may differ. Call after validation, before any work: it also starts JAX's
+    distributed runtime when the run spans several processes (``coordinator`` ...; lts_jax/run/distributed.py)."""
+    try:
+        run.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    except ValueError as e:
+        reason = str(e)
+        raise ConfigError(lambda p: f"{p('coordinator')}, {p('num_processes')}, {p('process_id')}: {reason}") from e
     return run.prepare_workdir(
         workdir,
         overwrite=cfg.overwrite,
