@@ -87,7 +87,8 @@ SCALES: dict[str, dict[str, Any]] = {
     # A test: tiny images and networks, a few iterations.
     "tiny": dict(
         height=24, width=80, num_iterations=3, num_candidates=2, dataset_size=8, mtm_epochs=1, val_size=16,
-        test_size=16, test_every=1, mtm_features=(4, 8, 8, 8), mtm_hidden=8, mtm_batch_size=8, render_chunk=16,
+        test_size=16, test_every=1, mtm_features=(4, 8, 8, 8), mtm_hidden=8, mtm_context=0, mtm_position=False,
+        mtm_batch_size=8, render_chunk=16,
         xi_values=(1, 2), m_values=(4, 8), num_seeds=2, big_size=32, big_epochs=1, min_iterations=1,
         final_window=2, log_every=0,
     ),

@@ -27,7 +27,8 @@ TINY_NET = dict(features=(4, 8, 8, 8), hidden=8)
 TINY_FLAGS = [
     "--height=24", "--width=80", "--num_iterations=3", "--num_candidates=2", "--dataset_size=8", "--mtm_epochs=1",
     "--val_size=16", "--test_size=16", "--test_every=2", "--reference_iterations=2", "--final_window=2",
-    "--mtm_features=4,8,8,8", "--mtm_hidden=8", "--mtm_batch_size=8", "--render_chunk=16", "--noprogress",
+    "--mtm_features=4,8,8,8", "--mtm_hidden=8", "--mtm_context=0", "--nomtm_position", "--mtm_batch_size=8",
+    "--render_chunk=16", "--noprogress",
 ]  # fmt: skip
 
 

@@ -127,7 +127,8 @@ def test_bad_flags_name_the_flag(tmp_path, cli):
 def test_synth_seg_quick_end_to_end(tmp_path, cli):
     workdir = tmp_path / "run"
     flagfile = f"--flagfile={FLAGFILES / 'synth_seg_quick.flags'}"
-    status, output = cli(synth_seg.main, flagfile, f"--workdir={workdir}", *TINY, "--val_images=4", "--test_images=4")
+    # 10 val and 5 test images, as the KITTI sample's split: the evaluation programs are kitti_seg's
+    status, output = cli(synth_seg.main, flagfile, f"--workdir={workdir}", *TINY, "--val_images=10", "--test_images=5")
     assert status == 0, output[-3000:]
     assert "Figure 6a" in output
     results = json.loads((workdir / "results.json").read_text())
@@ -142,7 +143,7 @@ def test_synth_seg_quick_end_to_end(tmp_path, cli):
     # top-level run starts over elsewhere with the methods' directories (--run_dir) kept.
     cfg = synth_lib.SynthSegConfig(
         height=24, width=80, num_iterations=2, num_candidates=2, dataset_size=4, mtm_epochs=1, batch_size=4,
-        pretrain_images=8, render_chunk=8, val_images=4, test_images=4, progress=False, methods=("val_params",),
+        pretrain_images=8, render_chunk=8, val_images=10, test_images=5, progress=False, methods=("val_params",),
         run_dir=str(tmp_path / "runs"),
     )  # fmt: skip
     lines = []
