@@ -214,6 +214,7 @@ class FlakySession:
         self.inner.close()
 
 
+@pytest.mark.slow
 def test_carla_renderer_and_lost_servers(tmp_path):
     """Data sets rendered host-level (sample_dataset, the split step's path) match sample under jit; when every
     server is gone the run stops with SimulatorUnavailable naming the hosts (the pool's error crossed the

@@ -39,6 +39,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_traffic_export_in_kitti_layout_resumable(tmp_path):
     run = traffic_run(tmp_path / "run")
     out = tmp_path / "out"

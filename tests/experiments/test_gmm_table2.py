@@ -17,6 +17,7 @@ def files(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_table2_keeps_a_finished_run_and_checks_its_sub_runs(tmp_path):
     # A finished gmm_toy run in the workdir (issue 15: gmm_table2 used to delete it, exit 0).
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)

@@ -80,6 +80,7 @@ class HostRenderedGMM(SceneSimulatorBase):
         return {"x": 0.5 * scenes["x"] + 1.0, "y": scenes["y"], "undeclared": scenes["y"] * 2}
 
 
+@pytest.mark.slow
 def test_host_renderer_one_call_for_all_scenes_in_both_steps(logistic_task):
     """make_step (one jit, the renderer through pure_callback) and make_split_step (compiled scene sampler,
     then render_batches) run the same host-rendered simulator: equal metrics, one host call per iteration

@@ -76,6 +76,7 @@ def _run(compute_dtype, strategies):
     return out
 
 
+@pytest.mark.slow
 def test_strategies_match_loop_float32():
     out = _run("float32", ["loop", "vmap", "map", "map:2"])
     ref_states, ref_rewards = out["loop"]
@@ -90,6 +91,7 @@ def test_strategies_match_loop_float32():
     assert not np.allclose(ref_rewards[0], ref_rewards[1])
 
 
+@pytest.mark.slow
 def test_strategies_match_loop_bfloat16():
     out = _run("bfloat16", ["loop", "vmap"])
     (s_loop, r_loop), (s_vmap, r_vmap) = out["loop"], out["vmap"]

@@ -48,6 +48,7 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
     return output
 
 
+@pytest.mark.slow
 def test_sharded_steps_equal_one_device_and_host_renderer_per_device(tmp_path):
     """make_step and make_split_step on 4 devices == on 1 (metrics, state); the host renderer is called once per
     device with that device's K / 4 candidates' scenes; state and metrics come back replicated."""
@@ -55,6 +56,7 @@ def test_sharded_steps_equal_one_device_and_host_renderer_per_device(tmp_path):
     assert json.loads((tmp_path / "steps.json").read_text()) == {"ok": True}
 
 
+@pytest.mark.slow
 def test_resume_across_mesh_sizes_is_exact(tmp_path):
     """A checkpoint of run_search on 4 devices restores on 1 and continues (and 1 -> 4), equal to the run
     with the state handed over in memory."""
@@ -68,6 +70,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_run_writes_one_set_of_results(tmp_path):
     """Two jax.distributed processes on loopback (one CPU device each) run a quick run_search with the
     K = 4 candidates split over them: one metrics.jsonl, one TensorBoard file, one results.json, orbax

@@ -295,6 +295,7 @@ def null_report(**options):
     return diagnostics.drift_report(NULL_SPEC, centers), metrics
 
 
+@pytest.mark.slow
 def test_null_reward_recommended_policy_does_not_drift_or_collapse():
     """Pure noise: the recommended options (Adam 0.02, centred ranks, floor) keep the mean |logit change| well
     below the paper's configuration (Adam 0.2, raw advantages, EMA baseline; 2.7 at 300 iterations in the

@@ -215,6 +215,7 @@ def toy():
     return Toy()
 
 
+@pytest.mark.slow
 def test_fcn_small_learns_toy_problem(toy):
     train, evaluate, data, val = toy.train, toy.evaluate, toy.data, toy.val
     state = toy.init(jax.random.key(0))
@@ -249,6 +250,7 @@ def test_evaluate_chunks_and_padding(toy):
     np.testing.assert_allclose(np.asarray(whole["class_iou"]), ref, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_is_pure_and_vmap_equals_loop(toy):
     task, train, evaluate, data, val = toy.task, toy.train, toy.evaluate, toy.data, toy.val
     keys = jax.random.split(jax.random.key(5), 2)

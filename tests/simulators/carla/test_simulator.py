@@ -105,6 +105,7 @@ def test_selected_outputs_share_the_pool():
     assert list(sim.outputs) == ["image", "label", "instance", "counts"]  # the original is unchanged
 
 
+@pytest.mark.slow
 def test_make_step_equals_make_split_step_one_host_call_per_iteration(count_task):
     """One CarlaSimulator object in both step paths: make_step renders through pure_callback inside its one
     jit, make_split_step through the default render_batches (one jitted render of all K x M scenes); each
