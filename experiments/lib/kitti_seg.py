@@ -42,7 +42,6 @@ from typing import Any
 from experiments.lib import common, seg
 from lts_jax import run
 from lts_jax.data import kitti
-from lts_jax.run import plots
 from lts_jax.tasks import segmentation as segmentation_task
 
 NAME = "kitti_seg"
@@ -191,16 +190,8 @@ def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
     hlines = {}
     if r["val_car_iou"].get("pretrained") is not None:
         hlines["pretrained start"] = r["val_car_iou"]["pretrained"]
-    n = len(next(iter(c.values()))["reward_mean"]) if c else 0
-    path = plots.reward_curves(
-        lines,
-        workdir / "figure6b.png",
-        hlines=hlines,
-        ylabel="car IoU on the KITTI validation images",
-        title=f"KITTI car segmentation: reward curves ({n} iterations)",
-        smooth=5 if n >= 50 else 1,
-    )
-    return [path]
+    return seg.reward_figure(workdir, "figure6b.png", lines, hlines, "car IoU on the KITTI validation images",
+                             "KITTI car segmentation: reward curves")  # fmt: skip
 
 
 EXPERIMENT = seg.Experiment(NAME, TITLE, METHODS, source, draw_figures_from_workdir, summary_table)

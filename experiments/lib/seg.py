@@ -532,6 +532,20 @@ def metric_tables(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def reward_figure(workdir: str | Path, filename: str, lines: Mapping[str, Sequence[float]],
+                  hlines: Mapping[str, float], ylabel: str, title: str) -> list[Path]:  # fmt: skip
+    """WORKDIR/filename: reward curves over iterations (``title`` gets their count; smoothed over 5 iterations
+    from 50 on) with horizontal reference lines."""
+    from lts_jax.run import plots  # matplotlib: only the figures need it
+
+    n = max((len(v) for v in lines.values()), default=0)
+    path = plots.reward_curves(
+        dict(lines), Path(workdir) / filename, hlines=dict(hlines), ylabel=ylabel, title=f"{title} ({n} iterations)",
+        smooth=5 if n >= 50 else 1,
+    )  # fmt: skip
+    return [path]
+
+
 def late_mean_reward(curves_by_method: Mapping[str, Mapping[str, Sequence[float]]], fraction: float = 0.2):
     """{method: mean over the last ``fraction`` of iterations of the per-iteration mean reward}.
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from experiments.lib import seg
-from lts_jax.run import plots
 
 NAME = "synth_seg"
 TITLE = "car segmentation on simulated images (paper 4.4, Figure 6a)"
@@ -96,16 +95,8 @@ def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
     if "val_params" in c:
         lines["val params (mean over K)"] = c["val_params"]["reward_mean"]
         hlines["val params: max reward"] = r["max_reward"]["val_params"]
-    n = len(next(iter(c.values()))["reward_mean"]) if c else 0
-    path = plots.reward_curves(
-        lines,
-        workdir / "figure6a.png",
-        hlines=hlines,
-        ylabel="car IoU on the validation images",
-        title=f"simulated car segmentation ({n} iterations)",
-        smooth=5 if n >= 50 else 1,
-    )
-    return [path]
+    return seg.reward_figure(workdir, "figure6a.png", lines, hlines, "car IoU on the validation images",
+                             "simulated car segmentation")  # fmt: skip
 
 
 EXPERIMENT = seg.Experiment(NAME, TITLE, METHODS, source, draw_figures_from_workdir, summary_table)
