@@ -38,6 +38,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per size (after one w
 _PRESET = flags.DEFINE_string("psi", "val", "psi preset to sample scenes from")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed")
 _RENDER = flags.DEFINE_bool("render", False, "also time sim.render alone (one more compilation per size)")
+_LEARN_RENDERING = flags.DEFINE_bool(
+    "learn_rendering", False, "the simulator with the rendering parameters in psi (zoom, blur, sensor stages run)"
+)
 _MATERIALIZE = flags.DEFINE_bool(
     "materialize", True, "the renderer's materialisation of shared arrays (XLA:CPU tuning); --nomaterialize to compare"
 )
@@ -91,6 +94,7 @@ def main(argv):
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "psi": _PRESET.value,
         "materialize": _MATERIALIZE.value,
+        "learn_rendering": _LEARN_RENDERING.value,
         "sizes": {},
     }
     batches = _BATCH.value or [None] * len(_SIZES.value)
@@ -103,7 +107,7 @@ def main(argv):
     for size, batch in zip(_SIZES.value, batches):
         h, w = (int(v) for v in size.lower().split("x"))
         n = int(batch) if batch else _default_batch(platform_name, h, w)
-        sim = TrafficSimulator(h, w, materialize=_MATERIALIZE.value)
+        sim = TrafficSimulator(h, w, materialize=_MATERIALIZE.value, learn_rendering=_LEARN_RENDERING.value)
         psi = jax.device_put(jnp.asarray(sim.preset(_PRESET.value)), device)
         key = jax.device_put(jax.random.key(_SEED.value), device)
         sample = jax.jit(lambda k, p, sim=sim, n=n: sim.sample(k, p, n))

@@ -2,10 +2,11 @@
 
     gmm      gmm.GMMSimulator(num_gaussians=2)                       the 2-D Gaussian-mixture toy (paper 4.1)
     traffic  traffic.TrafficSimulator(height=96, width=320, learn_intersection=False, min_visible_pixels=None,
-                                      materialize=None, render_chunk=100, keep=None)
+                                      materialize=None, render_chunk=100, keep=None, learn_rendering=False,
+                                      visibility=None)
                                                                      appendix A's scene model, pure-JAX renderer
-    carla    carla.CarlaSimulator(hosts, height, width, learn_intersection=False, keep=None, timeout_s=30.0,
-                                  max_retries=2, backoff_s=1.0, **RenderConfig fields)
+    carla    carla.CarlaSimulator(hosts, height, width, learn_intersection=False, learn_rendering=False, keep=None,
+                                  timeout_s=30.0, max_retries=2, backoff_s=1.0, **RenderConfig fields)
                                                                      the same scene model rendered by CARLA servers
 
 Every simulator describes itself: ``sim.describe()`` is a JSON-ready dict ``{"name": ..., options}`` (what

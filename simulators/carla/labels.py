@@ -149,17 +149,21 @@ def visible_counts(
     car_rendered: Sequence[bool],
     min_pixels: int,
     num_types: int = len(L.CAR_TYPES),
+    keep: Sequence[bool] | None = None,
 ) -> np.ndarray:
-    """int32 [num_types]: cars per type with at least ``min_pixels`` visible pixels.
+    """int32 [num_types]: cars per type with at least ``min_pixels`` visible pixels (and ``keep``).
 
     Args:
       instance: int32 [H, W], 0 none, else 1 + block.
       car_type: int [MAX_BLOCKS] type of the car in each block.
       car_rendered: bool [MAX_BLOCKS], True where a car was actually spawned.
+      keep: bool [MAX_BLOCKS] or None: the rest of the visibility rule (simulators/traffic/visibility.py).
     """
     car_type = np.asarray(car_type)
     pixels = np.bincount(np.asarray(instance).ravel(), minlength=len(car_type) + 1)[1 : len(car_type) + 1]
     visible = (pixels >= min_pixels) & np.asarray(car_rendered, bool)
+    if keep is not None:
+        visible &= np.asarray(keep, bool)
     return np.bincount(car_type[visible], minlength=num_types)[:num_types].astype(np.int32)
 
 

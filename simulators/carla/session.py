@@ -12,7 +12,11 @@ fixed time step and resolves the blueprints. ``render(scene)`` then:
 3. moves the three cameras (RGB, semantic and instance segmentation; same pose,
    resolution and FOV) to the scene's camera pose; they render
    ``convert.crop_rows(height)`` extra rows on top, cropped away on decoding, so
-   that the principal point sits where KITTI's (and the pure-JAX renderer's) does;
+   that the principal point sits where KITTI's (and the pure-JAX renderer's) does.
+   A scene with rendering parameters (``convert.camera_settings``: field of view,
+   exposure, white balance) whose camera attributes differ from the cameras'
+   respawns them first (CARLA reads camera attributes at spawn only); blur and
+   noise are applied to the delivered image (``convert.postprocess``);
 4. ticks ``warmup_ticks`` times, ticks once more and takes from each camera the
    image whose frame id is that tick's frame id;
 5. destroys every actor it spawned for the scene, in a ``finally`` (also on
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import queue
 from collections.abc import Mapping
 from typing import Any
@@ -38,6 +43,7 @@ from absl import logging
 
 from simulators.carla import convert, labels, opendrive
 from simulators.traffic import layout as L
+from simulators.traffic import visibility as V
 
 SENSORS = {
     "rgb": "sensor.camera.rgb",
@@ -51,6 +57,9 @@ STAGING_Z = 500.0
 # From 0.9.16 the instance camera writes CARLA actor ids (carla-simulator/carla PR 8334);
 # before, Unreal's internal ids.
 ACTOR_ID_INSTANCES_SINCE = (0, 9, 16)
+# The traffic scene's optional rendering parameters (simulators/traffic/scene.py), read when present.
+RENDERING_KEYS = ("camera_fov", "exposure", "color_gains", "blur_sigma", "noise_sigma")
+DEFAULT_CAMERA = convert.CameraSettings()  # a scene without them: today's cameras
 
 
 class SceneError(ValueError):
@@ -71,8 +80,10 @@ class RenderConfig:
       house_model: how houses are built (see convert.HouseModel).
       instance_mode: "auto" (actor ids from CARLA 0.9.16, box projection before),
         "actor_id" or "projection".
-      min_visible_pixels: a car counts when at least this many pixels show it;
-        default: the pure-JAX renderer's threshold at this size (labels.min_visible_pixels).
+      visibility: which cars count (simulators/traffic/visibility.py: pixels, share of the car's own
+        projection, fog transmittance); default the pure-JAX renderer's rule.
+      min_visible_pixels: the pixel floor at this size (derived from ``visibility``); given instead of it,
+        the rule before issue 13 (that many pixels, nothing else).
     """
 
     height: int
@@ -84,14 +95,24 @@ class RenderConfig:
     house_model: convert.HouseModel = convert.HouseModel()
     instance_mode: str = "auto"
     min_visible_pixels: int | None = None
+    visibility: V.VisibilityRule | None = None
 
     def __post_init__(self):
-        if self.min_visible_pixels is None:
-            object.__setattr__(self, "min_visible_pixels", labels.min_visible_pixels(self.height, self.width))
+        rule = V.make_rule(self.visibility, self.min_visible_pixels, self.height, self.width)
+        object.__setattr__(self, "visibility", rule)
+        object.__setattr__(self, "min_visible_pixels", rule.pixel_floor(self.height, self.width))
         if self.height < 1 or self.width < 1:
             raise ValueError(f"image size must be positive, got {self.height}x{self.width}")
         if self.instance_mode not in ("auto", "actor_id", "projection"):
             raise ValueError(f"instance_mode must be auto, actor_id or projection, got {self.instance_mode!r}")
+
+
+def _attribute_default(bp, name: str, fallback: float = 0.0) -> float:
+    """A blueprint attribute's value as a float (its default before any set_attribute), else ``fallback``."""
+    try:
+        return float(bp.get_attribute(name).as_float())
+    except (AttributeError, IndexError, RuntimeError, ValueError, TypeError):
+        return fallback
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -121,6 +142,13 @@ def validate_scene(scene: Mapping[str, Any]) -> None:
         for key in ("car_pos", "car_heading", "camera_height", "camera_pitch", "sun_dir"):
             if not np.all(np.isfinite(np.asarray(scene[key], np.float64))):
                 raise ValueError(f"{key} is not finite")
+        for key in RENDERING_KEYS:
+            if key in scene and not np.all(np.isfinite(np.asarray(scene[key], np.float64))):
+                raise ValueError(f"{key} is not finite")
+        if "camera_fov" in scene and not 1.0 <= float(scene["camera_fov"]) <= 170.0:
+            raise ValueError(f"camera_fov {float(scene['camera_fov'])} is outside CARLA's 1..170 degrees")
+        if "color_gains" in scene and np.any(np.asarray(scene["color_gains"], np.float64) <= 0):
+            raise ValueError("color_gains must be positive")
     except KeyError as e:
         raise SceneError(f"scene lacks field {e}") from None
     except ValueError as e:
@@ -203,15 +231,21 @@ class CarlaSession:
             if name not in available:
                 raise RuntimeError(f"{self.name} lacks the blueprint {name} (CARLA >= 0.9.14 needed)")
 
-    def _spawn_sensors(self) -> None:
+    def _spawn_sensors(self, settings: convert.CameraSettings = DEFAULT_CAMERA) -> None:
         cfg = self.config
         self._sensors, self._queues = {}, {}
+        self._sensor_key = settings.sensor_key()
         parking = self._carla.Transform(self._carla.Location(0.0, 0.0, 50.0))
         for key, bp_id in SENSORS.items():
             bp = self._library.find(bp_id)
             bp.set_attribute("image_size_x", str(cfg.width))
             bp.set_attribute("image_size_y", str(cfg.height + convert.crop_rows(cfg.height)))
-            bp.set_attribute("fov", f"{convert.FOV_DEG:.6f}")
+            if key == "rgb":
+                exposure_default = _attribute_default(bp, "exposure_compensation")
+                for name, value in convert.rgb_attributes(settings, exposure_default).items():
+                    bp.set_attribute(name, value)
+            else:
+                bp.set_attribute("fov", f"{settings.fov_deg:.6f}")
             bp.set_attribute("sensor_tick", "0.0")
             if bp.has_attribute("motion_blur_intensity"):
                 bp.set_attribute("motion_blur_intensity", "0.0")
@@ -260,9 +294,12 @@ class CarlaSession:
             "failed_houses": [],
         }
         ok = False
+        settings = convert.camera_settings(scene, self.config.height)
         try:
+            if self._sensors is not None and self._sensor_key != settings.sensor_key():
+                self._destroy_sensors()
             if self._sensors is None:
-                self._spawn_sensors()
+                self._spawn_sensors(settings)
             self.world.set_weather(convert.weather_parameters(scene))
             cars = self._spawn_cars(scene, spawned, info)
             houses = self._spawn_houses(scene, spawned, info)
@@ -274,7 +311,7 @@ class CarlaSession:
             frame = self.world.tick(self.config.timeout_s)
             raw = {key: self._frame(key, frame) for key in SENSORS}
             info["frame"] = int(frame)
-            out = self._decode(scene, raw, cars, houses, cam, info)
+            out = self._decode(scene, raw, cars, houses, cam, info, settings)
             ok = True
             return out
         finally:
@@ -351,7 +388,7 @@ class CarlaSession:
                 )
         return tiles
 
-    def _decode(self, scene, raw, cars, houses, cam, info) -> dict[str, Any]:
+    def _decode(self, scene, raw, cars, houses, cam, info, settings=DEFAULT_CAMERA) -> dict[str, Any]:
         cfg = self.config
         top = convert.crop_rows(cfg.height)  # rendered above the image to place the principal point
         raw = {k: v[top:] for k, v in raw.items()}
@@ -368,11 +405,11 @@ class CarlaSession:
             house_ids = [i for i in (a.id & 0xFFFF for a in houses) if i != 0]
         else:
             blocks = list(cars)
-            boxes, depths = self._boxes([cars[b] for b in blocks], cam)
+            boxes, depths = self._boxes([cars[b] for b in blocks], cam, settings.fov_deg)
             seg_to_car = labels.assign_segments_by_boxes(ids, vehicle, boxes, depths, min_share=0.5)
             id_to_block = {sid: blocks[i] for sid, i in seg_to_car.items()}
             # A house segment lies wholly in its tile's box; the background's does not.
-            boxes, depths = self._boxes(houses, cam)
+            boxes, depths = self._boxes(houses, cam, settings.fov_deg)
             house_ids = list(labels.assign_segments_by_boxes(ids, untagged, boxes, depths, min_share=0.9))
         instance = labels.instance_map(ids, inst_tags, id_to_block)
         label = labels.tags_to_cityscapes(tags)
@@ -382,24 +419,41 @@ class CarlaSession:
             label = np.where(house_px, labels.CITYSCAPES["building"], label).astype(np.uint8)
         rendered = np.zeros(L.MAX_BLOCKS, bool)
         rendered[list(cars)] = True
-        counts = labels.visible_counts(instance, np.asarray(scene["car_type"]), rendered, cfg.min_visible_pixels)
+        counts = labels.visible_counts(instance, np.asarray(scene["car_type"]), rendered, cfg.min_visible_pixels,
+                                       keep=self._visible(scene, instance, settings))  # fmt: skip
         info["unmatched_vehicle_pixels"] = int(np.count_nonzero(vehicle & (instance == 0)))
+        image = convert.postprocess(labels.rgb_from_bgra(raw["rgb"]), settings, int(scene.get("seed", 0)))
         return {
-            "image": labels.rgb_from_bgra(raw["rgb"]),
+            "image": image,
             "label": label,
             "instance": instance,
             "counts": counts,
             "info": info,
         }
 
-    def _boxes(self, actors, cam) -> tuple[np.ndarray, np.ndarray]:
+    def _visible(self, scene, instance, settings) -> np.ndarray:
+        """bool [MAX_BLOCKS]: the cars the visibility rule counts (share of the projection, fog), as the
+        pure-JAX renderer decides it; CARLA's camera has its principal point at the image centre."""
+        cfg = self.config
+        pixels = np.bincount(np.asarray(instance).ravel(), minlength=L.MAX_BLOCKS + 1)[1 : L.MAX_BLOCKS + 1]
+        focal = convert.camera_intrinsics(cfg.height, cfg.width, settings.fov_deg)[0, 0]
+        horizon = 0.5 * cfg.height - focal * math.tan(float(scene["camera_pitch"]))
+        pos = np.asarray(scene["car_pos"], np.float32)
+        area = V.projected_box_area(np, np.asarray(scene["car_type"]), pos, np.asarray(scene["car_heading"]),
+                                    float(scene["camera_height"]), horizon, focal, 0.5 * cfg.width, cfg.height,
+                                    cfg.width)  # fmt: skip
+        distance = np.hypot(pos[:, 0] - L.CAMERA_X, pos[:, 1] - L.CAMERA_Z)
+        fog_distance = V.FOG_DISTANCE[int(scene["weather"])]
+        return V.counted(np, cfg.visibility, pixels, area, distance, fog_distance, cfg.height, cfg.width)
+
+    def _boxes(self, actors, cam, fov_deg: float = convert.FOV_DEG) -> tuple[np.ndarray, np.ndarray]:
         """Projected pixel boxes [n, 4] and nearest depths [n] of actors' bounding boxes (delivered image)."""
         cfg = self.config
         boxes, depths = [], []
         for actor in actors:
             corners = actor.bounding_box.get_world_vertices(actor.get_transform())
             pts = np.array([[c.x, c.y, c.z] for c in corners])
-            uv, depth = convert.project_points(pts, cam, cfg.height, cfg.width)
+            uv, depth = convert.project_points(pts, cam, cfg.height, cfg.width, fov_deg)
             box, near = labels.boxes_from_corners(uv, depth, cfg.height, cfg.width)
             boxes.append(box)
             depths.append(near)

@@ -28,21 +28,22 @@ import numpy as np
 
 from lts_jax.host import host_renderer
 from lts_jax.simulator import SceneSimulatorBase, select_outputs
-from simulators.carla.pool import CarlaPool, NoCarlaServerError, find_no_server_error, parse_hosts
-from simulators.carla.session import CarlaSession, RenderConfig
+from simulators.carla.pool import CarlaPool, NoCarlaServerError, find_no_server_error, parse_hosts, probe
+from simulators.carla.session import RENDERING_KEYS, CarlaSession, RenderConfig
 from simulators.traffic.simulator import TrafficSimulator
 
 # The scene fields the renderer reads (the traffic simulator's scene description),
 # and the optional extras it draws when the scenes have them (the row of houses
-# across the end of the road). The other extras (trees, poles, colours of houses,
-# texture seeds) have no CARLA counterpart here; see simulators/carla/README.md.
-OPTIONAL_SCENE_KEYS = ("end_present", "end_height")
+# across the end of the road; the rendering parameters and the seed of the added
+# noise, convert.camera_settings). The other extras (trees, poles, colours of houses)
+# have no CARLA counterpart here; see simulators/carla/README.md.
+OPTIONAL_SCENE_KEYS = ("end_present", "end_height", *RENDERING_KEYS, "seed")
 SCENE_KEYS = (
     "road_length", "intersection", "car_present", "car_type", "car_lane", "car_pos", "car_heading",
     "car_color", "house_present", "house_height", "weather", "camera_height", "camera_pitch", "sun_dir",
 )  # fmt: skip
 # RenderConfig fields that describe() records (JSON values; a custom house_model is not recorded).
-_DESCRIBED_CONFIG = ("map_timeout_s", "fixed_delta_seconds", "warmup_ticks", "instance_mode", "min_visible_pixels")
+_DESCRIBED_CONFIG = ("map_timeout_s", "fixed_delta_seconds", "warmup_ticks", "instance_mode")
 
 
 class CarlaSimulator(SceneSimulatorBase):
@@ -54,6 +55,8 @@ class CarlaSimulator(SceneSimulatorBase):
       hosts: ``"host:port,..."`` or a list of ``"host:port"``.
       height, width: image size.
       learn_intersection: as TrafficSimulator's (used when ``traffic`` is not given).
+      learn_rendering: as TrafficSimulator's: psi with the rendering parameters, which the
+        sessions map to camera attributes and post-processing (convert.camera_settings).
       traffic: the scene sampler, with ``.spec`` and ``.sample_scenes(key, psi,
         num)``; default ``TrafficSimulator(height, width, learn_intersection)``.
       keep: the outputs rendered (default all four).
@@ -70,6 +73,7 @@ class CarlaSimulator(SceneSimulatorBase):
         width: int,
         *,
         learn_intersection: bool = False,
+        learn_rendering: bool | Sequence[str] = False,
         traffic: Any = None,
         keep: Sequence[str] | None = None,
         timeout_s: float = 30.0,
@@ -81,13 +85,15 @@ class CarlaSimulator(SceneSimulatorBase):
         self.height, self.width = int(height), int(width)
         self.learn_intersection = bool(learn_intersection)
         if traffic is None:
-            traffic = TrafficSimulator(self.height, self.width, learn_intersection=self.learn_intersection)
+            traffic = TrafficSimulator(self.height, self.width, learn_intersection=self.learn_intersection,
+                                       learn_rendering=learn_rendering)  # fmt: skip
         self.traffic = traffic
+        self.learn_rendering = getattr(traffic, "learn_rendering", bool(learn_rendering))
         self.spec = self.traffic.spec
         self.outputs = select_outputs(TrafficSimulator.output_spec(self.height, self.width), keep)
         # Count visibility exactly as the pure-JAX renderer of the same scenes does.
-        if render_kw.get("min_visible_pixels") is None and hasattr(self.traffic, "min_visible_pixels"):
-            render_kw["min_visible_pixels"] = int(self.traffic.min_visible_pixels)
+        if render_kw.get("min_visible_pixels") is None and render_kw.get("visibility") is None:
+            render_kw["visibility"] = getattr(self.traffic, "visibility", None)
         self.config = RenderConfig(self.height, self.width, timeout_s=timeout_s, **render_kw)
         self.min_visible_pixels = self.config.min_visible_pixels
         if pool is None:
@@ -98,6 +104,7 @@ class CarlaSimulator(SceneSimulatorBase):
                 timeout_s=timeout_s,
                 max_retries=max_retries,
                 backoff_s=backoff_s,
+                probe_fn=probe,  # a dead or silent server is known before the CARLA client waits on it
             )
         self.pool = pool
         self.last_info: list[dict] = []  # per-scene info of the latest host call, for logs and debugging
@@ -113,11 +120,13 @@ class CarlaSimulator(SceneSimulatorBase):
             "height": self.height,
             "width": self.width,
             "learn_intersection": self.learn_intersection,
+            "learn_rendering": self.learn_rendering,
             "timeout_s": self.pool.timeout_s,
             "max_retries": self.pool.max_retries,
             "backoff_s": self.pool.backoff_s,
         }
-        return out | {k: getattr(self.config, k) for k in _DESCRIBED_CONFIG}
+        out |= {k: getattr(self.config, k) for k in _DESCRIBED_CONFIG}
+        return out | {"visibility": self.config.visibility.describe()}
 
     def select(self, keys: Sequence[str]) -> CarlaSimulator:
         """The same simulator (same pool and servers) rendering only the outputs ``keys``."""

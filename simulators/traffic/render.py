@@ -9,7 +9,13 @@ Camera: KITTI's colour camera: focal length ``layout.KITTI_FX_OVER_WIDTH * width
 ``layout.KITTI_CY_OVER_HEIGHT * height`` (a level camera's horizon sits a little
 above the middle, as in KITTI), at (CAMERA_X, camera_height, CAMERA_Z) looking down
 +z; ``camera_pitch`` (positive: looking down) moves the horizon up by
-``focal * tan(pitch)`` pixels.
+``focal * tan(pitch)`` pixels. Scenes with the rendering parameters (scene.py,
+``rendering_params=True``) add, each only when its field is there: a narrower
+field of view as a digital zoom of the KITTI-FOV render about the principal point
+(:meth:`Renderer._zoom`; the static column tables depend on the focal length, so
+it cannot change per image), a Gaussian blur of the linear image, exposure and
+white-balance gains and added noise in the camera stage; at their neutral values
+each is an exact identity, so the images are today's bit for bit.
 
 How it stays fast. Every pixel is an analytic ray cast against a small fixed set
 of primitives, with static shapes throughout:
@@ -50,8 +56,8 @@ streaks.
 Labels (labels.py): road 7 (with markings), sidewalk 8 (with kerbs), building 11
 (houses, distant buildings, lamp poles), vegetation 21 (crowns, trunks, the tree
 line), terrain 22, sky 23, car 26. ``instance`` is 0 or 1 + the car's block;
-``counts[t]`` counts the cars of type t with at least ``min_visible_pixels``
-pixels in the instance map (occlusion counts; fog does not).
+``counts[t]`` counts the cars of type t that the visibility rule counts (visibility.py: enough pixels in
+the instance map, a large enough share of the car's own projection, and not lost in fog).
 
 Approximations (documented): pitch as a principal-point shift; a column meets at
 most 3 lots of houses, 2 trees and 2 houses of the end row (a ray through several
@@ -73,6 +79,7 @@ import numpy as np
 from simulators.traffic import labels as LB
 from simulators.traffic import layout as L
 from simulators.traffic import scene as S
+from simulators.traffic import visibility as V
 
 # Surface categories of a pixel and their label ids.
 (SKY, ROAD, SIDEWALK, KERB, TERRAIN, HOUSE, END_HOUSE, CROWN, TRUNK, POLE, BACK_VEG, BACK_BUILDING, CAR) = range(13)
@@ -274,12 +281,15 @@ def _onehot_rows(idx, table):
 # ----------------------------------------------------------------------------------
 # Static view bounds
 # ----------------------------------------------------------------------------------
-def screen_tiles(height, width, focal, cx, cy, x_half, z_pad, y_range) -> list[tuple[int, int, int, int]]:
+def screen_tiles(height, width, focal, cx, cy, x_half, z_pad, y_range, height_bounds=None,
+                 pitch_bound=None) -> list[tuple[int, int, int, int]]:  # fmt: skip
     """Static screen tiles (r0, r1, c0, c1), one per block, bounding the world boxes
     |x| <= x_half, y in y_range, z in [b BLOCK_LENGTH - z_pad, (b + 1) BLOCK_LENGTH + z_pad]
-    for every camera the scene model can produce. Nested: tile[b + 1] lies inside tile[b]."""
-    h_lo, h_hi = S.CAMERA_HEIGHT_BOUNDS
-    dv = focal * math.tan(S.CAMERA_PITCH_BOUND)
+    for every camera the scene model can produce (camera heights in ``height_bounds``, |pitch| <=
+    ``pitch_bound``; default scene.CAMERA_HEIGHT_BOUNDS, CAMERA_PITCH_BOUND). Nested: tile[b + 1]
+    lies inside tile[b]."""
+    h_lo, h_hi = S.CAMERA_HEIGHT_BOUNDS if height_bounds is None else height_bounds
+    dv = focal * math.tan(S.CAMERA_PITCH_BOUND if pitch_bound is None else pitch_bound)
     tiles = []
     for b in range(L.MAX_BLOCKS):
         d_lo = b * L.BLOCK_LENGTH - z_pad - L.CAMERA_Z
@@ -337,32 +347,39 @@ class Renderer:
 
     Args:
       height, width: image size in pixels.
-      min_visible_pixels: a car counts when at least this many of its pixels are visible;
-        default layout.MIN_VISIBLE_PIXELS scaled with the image area relative to
+      visibility: which cars ``counts`` counts (visibility.VisibilityRule; default: layout's thresholds).
+        ``min_visible_pixels`` (the rule's pixel floor) is layout.MIN_VISIBLE_PIXELS scaled with the
+        image area relative to
         layout.REFERENCE_SIZE (10 at 96x320, 40 at 192x640).
       materialize: materialise shared intermediate arrays (see :func:`_keep`); the images are
         the same either way. True is much faster with XLA:CPU (measured); False leaves all
         fusion decisions to XLA, which may suit other backends (not measured yet).
+      rendering_params: the scenes may carry scene.py's rendering parameters (make_spec(
+        learn_rendering=True)): the view culling covers their wider camera range. The stages they
+        drive (zoom, blur, exposure and colour gains, added noise) run when a scene has their fields.
     """
 
-    def __init__(self, height: int = 96, width: int = 320, min_visible_pixels: int | None = None,
-                 materialize: bool = True):  # fmt: skip
+    def __init__(self, height: int = 96, width: int = 320, visibility: V.VisibilityRule | None = None,
+                 materialize: bool = True, rendering_params: bool = False):  # fmt: skip
         if height < 8 or width < 8:
             raise ValueError(f"image size must be at least 8x8, got {height}x{width}")
         self.height, self.width = H, W = int(height), int(width)
         self.focal = f = L.KITTI_FX_OVER_WIDTH * W
         self.cx = 0.5 * W
         self.cy = L.KITTI_CY_OVER_HEIGHT * H
-        if min_visible_pixels is None:
-            ref = L.REFERENCE_SIZE[0] * L.REFERENCE_SIZE[1]
-            min_visible_pixels = max(1, round(L.MIN_VISIBLE_PIXELS * H * W / ref))
-        self.min_visible_pixels = int(min_visible_pixels)
+        self.visibility = V.VisibilityRule() if visibility is None else visibility
+        self.min_visible_pixels = self.visibility.pixel_floor(H, W)
         self.materialize = bool(materialize)
+        self.rendering_params = bool(rendering_params)
+        if self.rendering_params:
+            bounds = {"height_bounds": S.RENDERING_CAMERA_HEIGHT_BOUNDS, "pitch_bound": S.RENDERING_CAMERA_PITCH_BOUND}
+        else:
+            bounds = {}
         self.car_tiles = screen_tiles(H, W, f, self.cx, self.cy, L.ROAD_WIDTH / 2 + 0.1, 0.1,
-                                      (0.0, MAX_CAR_HEIGHT + 0.05))  # fmt: skip
+                                      (0.0, MAX_CAR_HEIGHT + 0.05), **bounds)  # fmt: skip
         shadow_len = MAX_CAR_HEIGHT / math.tan(math.radians(S.SUN_ELEVATION_RANGE[0]))
         self.shadow_tiles = screen_tiles(H, W, f, self.cx, self.cy, L.ROAD_WIDTH / 2 + shadow_len + 0.8,
-                                         shadow_len + 0.8, (0.0, L.KERB_HEIGHT))  # fmt: skip
+                                         shadow_len + 0.8, (0.0, L.KERB_HEIGHT), **bounds)  # fmt: skip
         # Each group is one more copy of the loop body in the compiled program: small images
         # (tests, quick runs) favour compile time, large ones throughput.
         groups = 2 if H * W <= 64 * 160 else 4
@@ -531,11 +548,17 @@ class Renderer:
             c = c * lk["fres"] + (0.9 * w["skyh_" + name]) * lk["refl"]
             c = jnp.where(is_sky, sky[ch], c)
             rgb.append(c + (w["fog_" + name] - c) * lk["fog"])
-        image = self._camera(rgb, w, g["seed"], ones)
+        # Rendering parameters (scene.py; each stage only when the scene has its field): the optics
+        # (field of view, blur) act on the linear image, the sensor (exposure, gains, noise) in _camera.
+        if "camera_fov" in sc:  # g["zoom"]: the magnification s (focal s f; the horizon at cy + s (v_h - cy))
+            rgb, cat, code, g["zoom"] = self._zoom(sc["camera_fov"], rgb, cat, code, ones)
+        if "blur_sigma" in sc:
+            rgb = self._blur(sc["blur_sigma"], rgb, ones)
+        image = self._camera(rgb, w, g["seed"], ones, self._sensor(sc))
 
         label = _choose([cat == i for i in range(len(CATEGORY_LABEL))], [int(v) for v in CATEGORY_LABEL], 0)
         instance = jnp.where(cat == CAR, (code >> 4) + 1, 0).astype(jnp.int32)
-        counts = self._counts(sc, instance)
+        counts = self._counts(sc, instance, g, w)
         return {"image": image, "label": label.astype(jnp.uint8), "instance": instance, "counts": counts}
 
     # ----- ground ----------------------------------------------------------------------
@@ -1210,8 +1233,85 @@ class Renderer:
             out.append(col + (0.95 * hor - col) * kept["cover"] + kept["glow"])
         return tuple(out)
 
+    # ----- rendering parameters: field of view, blur, sensor ---------------------------------------
+    def _zoom(self, fov_deg, rgb, cat, code, ones):
+        """A horizontal field of view ``fov_deg`` <= KITTI's as a digital zoom: the render (KITTI's focal
+        length f) magnified by s = tan(fov_kitti / 2) / tan(fov / 2) >= 1 about the principal point
+        (cx, cy), i.e. focal s f with the same pitch (the horizon v_h moves to cy + s (v_h - cy)).
+        Colours are bilinear, categories and codes (hence labels, instances, counts) nearest. The
+        source coordinate of pixel i is i + (i + 0.5 - c) (1 / s - 1), so s = 1 reads every pixel
+        itself with weight exactly 1: today's image, bit for bit. Returns (rgb, cat, code, s)."""
+        H, W = self.height, self.width
+        fov0 = jnp.float32(S.KITTI_HFOV_DEG)
+        fov = jnp.clip(fov_deg.astype(jnp.float32), S.MIN_HFOV_DEG, fov0)
+        ratio = jnp.tan(jnp.deg2rad(fov0) * 0.5) / jnp.tan(jnp.deg2rad(fov) * 0.5)
+        k = jnp.where(fov >= fov0, 0.0, 1.0 / ratio - 1.0)  # 1 / s - 1, exactly 0 at KITTI's FOV
+
+        def axis(n, c):  # source rows (columns) i0, i0 + 1 and weights: 3 bilinear, 2 nearest (0 or 1)
+            i = jnp.arange(n, dtype=jnp.float32)
+            src = jnp.clip(i + (i + 0.5 - c) * k, 0.0, n - 1.0)
+            i0 = jnp.floor(src)
+            frac = src - i0
+            # Through a dot (x @ I is exact): XLA keeps dots out of loop fusions, so these are computed once,
+            # not for every element gathered (the division of _keep does not stop that here).
+            t = jnp.stack([i0, jnp.minimum(i0 + 1.0, n - 1.0), frac, jnp.where(frac >= 0.5, 1.0, 0.0)], -1)
+            t = t @ jnp.eye(4, dtype=jnp.float32)
+            return t[:, 0].astype(jnp.int32), t[:, 1].astype(jnp.int32), t[:, [2, 2, 2, 3, 3]]
+
+        r0, r1, wr = axis(H, self.cy)
+        c0, c1, wc = axis(W, self.cx)
+        # The five planes pixel-major ([H, W, 5]; ids are exact in float32): XLA:CPU gathers element by element,
+        # so a gather of 5-vectors costs about what one of scalars does. Rows first (whole rows), then columns;
+        # a weight of 0 or 1 (exact for integers) is a nearest-neighbour pick.
+        x = jnp.stack([*_keep(list(rgb), ones), cat.astype(jnp.float32), code.astype(jnp.float32)], -1)
+        a, b = x[r0], x[r1]
+        x = a + (b - a) * wr[:, None, :]
+        a, b = x[:, c0], x[:, c1]
+        x = a + (b - a) * wc[None, :, :]
+        # ... and materialised, or XLA recomputes the gathers inside every consumer of every plane
+        x = _keep([x[..., i] for i in range(5)], ones)
+        return x[:3], x[3].astype(jnp.int32), x[4].astype(jnp.int32), 1.0 / (1.0 + k)
+
+    def _blur(self, sigma_px, rgb, ones):
+        """Separable Gaussian blur of the linear planes, sigma = ``sigma_px`` pixels at 96 rows (scaled with
+        the image height; edges replicated). The static radius covers scene.MAX_BLUR_PX; at sigma 0 the
+        weights are exactly (0, ..., 1, ..., 0): today's image, bit for bit."""
+        H = self.height
+        scale = H / L.REFERENCE_SIZE[0]
+        radius = max(1, math.ceil(3.0 * S.MAX_BLUR_PX * scale))
+        sigma = jnp.maximum(sigma_px.astype(jnp.float32) * scale, 1e-3)
+        taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+        wts = jnp.exp(-0.5 * jnp.square(taps / sigma))  # exp(-5e5) = 0 at sigma 0
+        wts = wts / jnp.sum(wts)
+
+        def conv(x, ax):
+            n = x.shape[ax]
+            pad = [(0, 0), (0, 0)]
+            pad[ax] = (radius, radius)
+            xp = jnp.pad(x, pad, mode="edge")
+            out = None
+            for j in range(2 * radius + 1):
+                part = jax.lax.slice_in_dim(xp, j, j + n, axis=ax) * wts[j]
+                out = part if out is None else out + part
+            return out
+
+        # each pass reads every pixel 2 radius + 1 times: materialise its input
+        rgb = [conv(x, 0) for x in _keep(list(rgb), ones)]
+        return [conv(x, 1) for x in _keep(rgb, ones)]
+
+    def _sensor(self, sc):
+        """The sensor's rendering parameters of a scene, None for the absent ones: per-channel linear gains
+        (2^exposure times the colour gains) and the added noise's std in levels."""
+        gains = None
+        if "exposure" in sc or "color_gains" in sc:
+            ev = jnp.exp2(sc["exposure"].astype(jnp.float32)) if "exposure" in sc else jnp.float32(1.0)
+            cg = sc["color_gains"].astype(jnp.float32) if "color_gains" in sc else jnp.ones(3, jnp.float32)
+            gains = [ev * cg[i] for i in range(3)]
+        noise = sc["noise_sigma"].astype(jnp.float32) if "noise_sigma" in sc else None
+        return {"gains": gains, "noise_sigma": noise}
+
     # ----- camera: exposure, gamma, rain streaks, noise ------------------------------------------
-    def _camera(self, rgb, w, seed, ones):
+    def _camera(self, rgb, w, seed, ones, sensor=None):
         H, W = self.height, self.width
         v = jnp.arange(H, dtype=jnp.float32)[:, None]
         u = jnp.arange(W, dtype=jnp.float32)[None, :]
@@ -1227,10 +1327,20 @@ class Renderer:
         vig = (1.0 - 0.35 * (du * du + 0.25 * dv * dv)) * w["exposure"]
         noise = (_hash(ui, vi, seed ^ jnp.uint32(1234)) - 0.5) * 5.0
         kept = _keep({"streak": streak * ones, "vig": vig * ones, "noise": noise}, ones)
+        gains = sensor["gains"] if sensor else None
+        sigma = sensor["noise_sigma"] if sensor else None
         out = []
-        for c in rgb:
-            x = jnp.sqrt(jnp.clip((c + kept["streak"]) * kept["vig"], 0.0, 1.0))
-            out.append(jnp.clip(jnp.round(x * 255.0 + kept["noise"]), 0.0, 255.0))
+        for ch, c in enumerate(rgb):
+            lin = (c + kept["streak"]) * kept["vig"]
+            if gains is not None:  # exposure and white balance: linear gains (x 1.0 is exact)
+                lin = lin * gains[ch]
+            x = jnp.sqrt(jnp.clip(lin, 0.0, 1.0))
+            nz = kept["noise"]
+            if sigma is not None:  # added per-channel noise, ~N(0, sigma^2) levels (triangular, unit std)
+                salt = jnp.uint32(0x5EED0 + ch)
+                n = (_hash(ui, vi, seed ^ salt) + _hash(vi, ui, seed ^ (salt * jnp.uint32(7))) - 1.0) * math.sqrt(6)
+                nz = nz + sigma * n
+            out.append(jnp.clip(jnp.round(x * 255.0 + nz), 0.0, 255.0))
         # Planar channels first: a stack fused with its producers computes a different channel
         # in every lane of the innermost (size 3) axis, which does not vectorise. XLA does not
         # fuse an expensive producer (the _keep division) into a consumer that reads each of
@@ -1240,8 +1350,8 @@ class Renderer:
         return jnp.where(lane == 0, r, jnp.where(lane == 1, g, b))
 
     # ----- counts -------------------------------------------------------------------------
-    def _counts(self, sc, instance):
-        """int32 [5]: cars per type with at least min_visible_pixels visible pixels."""
+    def _counts(self, sc, instance, g, w):
+        """int32 [5]: cars per type that the visibility rule counts (visibility.py)."""
 
         def scatter(inst):  # XLA:CPU runs a scatter-add fast and a 19-way compare-reduce slowly
             return jnp.bincount(inst.reshape(-1), length=L.MAX_BLOCKS + 1)[1:].astype(jnp.int32)
@@ -1251,6 +1361,14 @@ class Renderer:
             return jnp.sum((inst[..., None] == ids).astype(jnp.int32), axis=(0, 1))
 
         pix = jax.lax.platform_dependent(instance, cpu=scatter, default=compare)  # [B]
-        visible = (pix >= self.min_visible_pixels) & sc["car_present"]
+        focal, cx, v_h = self.focal, self.cx, g["v_h"]
+        if "zoom" in g:  # the field of view's zoom (_zoom) magnified the projection about the principal point
+            s = g["zoom"]
+            focal, v_h = s * self.focal, self.cy + s * (v_h - self.cy)
+        area = V.projected_box_area(jnp, sc["car_type"], sc["car_pos"], sc["car_heading"], g["o_y"], v_h, focal,
+                                    cx, self.height, self.width)  # fmt: skip
+        distance = jnp.hypot(sc["car_pos"][:, 0] - L.CAMERA_X, sc["car_pos"][:, 1] - L.CAMERA_Z)
+        seen = V.counted(jnp, self.visibility, pix, area, distance, w["fog_d"], self.height, self.width)
+        visible = seen & sc["car_present"]
         onehot = sc["car_type"][:, None] == jnp.arange(len(L.CAR_TYPES))[None, :]
         return jnp.sum((visible[:, None] & onehot).astype(jnp.int32), axis=0)

@@ -10,7 +10,7 @@ program then serves every data set size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ from lts_jax.params import ParamSpec
 from lts_jax.simulator import Field, SceneSimulatorBase, select_outputs
 from simulators.traffic import layout as L
 from simulators.traffic import scene as S
+from simulators.traffic import visibility as V
 from simulators.traffic.render import Renderer
 
 NUM_CAR_TYPES = len(L.CAR_TYPES)
@@ -56,8 +57,16 @@ class TrafficSimulator(SceneSimulatorBase):
       height, width: image size (default 96x320, KITTI's aspect; 192x640 at paper scale).
       learn_intersection: if True the ``intersection`` block is learnable (frozen by default,
         uniform L/T/X).
-      min_visible_pixels: visibility threshold for ``counts``; default layout.MIN_VISIBLE_PIXELS
-        (10) scaled with the image area relative to 96x320.
+      learn_rendering: if True psi has the rendering parameters (scene.py: camera height, pitch and
+        field of view, exposure, colour balance, blur, noise), learnable; a list of block names takes
+        only those (scene.RENDERING_BLOCKS); False (default): psi and images as without them (today's
+        camera).
+      visibility: which cars ``counts`` counts: a visibility.VisibilityRule or its fields as a dict
+        (min_pixels at 96x320, min_share, min_transmittance); default layout's thresholds (100 pixels,
+        40% of the car's projection, fog transmittance 0.3; visibility.py says why).
+      min_visible_pixels: the rule before issue 13, for rebuilding older runs (results.json entries with
+        this key): a car counts with at least this many pixels at THIS image size, nothing else. Not
+        together with ``visibility``.
       materialize: the renderer's XLA:CPU tuning (render.Renderer); same images either way. Default:
         on for the CPU backend only (an H100 renders 119k images/s at 96x320 with it, 141k without;
         benchmarks/README.md).
@@ -80,15 +89,22 @@ class TrafficSimulator(SceneSimulatorBase):
         materialize: bool | None = None,
         render_chunk: int = 100,
         keep: Sequence[str] | None = None,
+        learn_rendering: bool | Sequence[str] = False,
+        visibility: V.VisibilityRule | Mapping[str, float] | None = None,
     ):
         if render_chunk < 1:
             raise ValueError(f"render_chunk = {render_chunk} is out of range; accepted: an integer >= 1")
         self.height, self.width = int(height), int(width)
         self.learn_intersection = bool(learn_intersection)
-        self.spec: ParamSpec = S.make_spec(learn_intersection=self.learn_intersection)
+        blocks = S.rendering_blocks(learn_rendering)
+        # True (all), False (none) or the list of blocks: what describe() records
+        self.learn_rendering = True if blocks == S.RENDERING_BLOCKS else list(blocks) if blocks else False
+        self.spec: ParamSpec = S.make_spec(self.learn_intersection, blocks)
         if materialize is None:
             materialize = jax.default_backend() == "cpu"
-        self.renderer = Renderer(self.height, self.width, min_visible_pixels, materialize=materialize)
+        self.visibility = V.make_rule(visibility, min_visible_pixels, self.height, self.width)
+        self.renderer = Renderer(self.height, self.width, self.visibility, materialize=materialize,
+                                 rendering_params="camera" in blocks)  # fmt: skip
         self.min_visible_pixels = self.renderer.min_visible_pixels
         self.render_chunk = int(render_chunk)
         self.outputs = select_outputs(self.output_spec(self.height, self.width), keep)
@@ -116,7 +132,8 @@ class TrafficSimulator(SceneSimulatorBase):
             "height": self.height,
             "width": self.width,
             "learn_intersection": self.learn_intersection,
-            "min_visible_pixels": self.min_visible_pixels,
+            "learn_rendering": self.learn_rendering,
+            "visibility": self.visibility.describe(),
         }
 
     def select(self, keys: Sequence[str]) -> TrafficSimulator:
@@ -125,15 +142,16 @@ class TrafficSimulator(SceneSimulatorBase):
             self.height,
             self.width,
             self.learn_intersection,
-            self.min_visible_pixels,
-            self.renderer.materialize,
-            self.render_chunk,
+            materialize=self.renderer.materialize,
+            render_chunk=self.render_chunk,
             keep=keys,
+            learn_rendering=self.learn_rendering,
+            visibility=self.visibility,
         )
 
     # ----- psi ---------------------------------------------------------------------------
     def default_psi(self) -> np.ndarray:
-        """float32 [dim]: the neutral point (uniform categoricals, p = 0.5, unit jitter)."""
+        """float32 [dim]: the neutral point (uniform categoricals, p = 0.5, unit jitter, today's camera)."""
         return self.spec.zeros()
 
     def preset(self, name: str) -> np.ndarray:

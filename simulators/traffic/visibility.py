@@ -107,16 +107,6 @@ def counted(xp: Any, rule: VisibilityRule, pixels, box_area, distance, fog_dista
     )
 
 
-def zoom_scale(xp: Any, fov_deg):
-    """Magnification s >= 1 of a horizontal field of view ``fov_deg`` narrower than KITTI's (the renderer's
-    digital zoom, render.Renderer._zoom): focal length s times KITTI's. ``fov_deg`` [...] -> [...]."""
-    from simulators.traffic import scene as S  # scene imports nothing from here; kept local all the same
-
-    fov0 = S.KITTI_HFOV_DEG
-    fov = xp.clip(xp.asarray(fov_deg, dtype=xp.float32), S.MIN_HFOV_DEG, fov0)
-    return math.tan(math.radians(fov0) / 2) / xp.tan(xp.deg2rad(fov) / 2)
-
-
 def make_rule(visibility: VisibilityRule | dict | None, min_visible_pixels: int | None, height: int, width: int):
     """The rule of a simulator's options: ``visibility`` (a rule, its fields as a dict, or None: the default),
     or, from an older run's description, ``min_visible_pixels`` (the rule before issue 13: that many pixels at

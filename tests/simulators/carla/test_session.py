@@ -52,6 +52,19 @@ class _Blueprint:
     def set_attribute(self, key, value):
         self.attributes[key] = value
 
+    def get_attribute(self, key):  # the defaults the session reads (CARLA's Linux exposure_compensation)
+        if key != "exposure_compensation":
+            raise IndexError(key)
+        return _Attribute(0.75)
+
+
+class _Attribute:
+    def __init__(self, value):
+        self.value = value
+
+    def as_float(self):
+        return float(self.value)
+
 
 class _Library:
     def __init__(self, ids):
@@ -394,3 +407,49 @@ def test_scenes_of_the_traffic_simulator(server):
         assert np.all(out["counts"] <= np.bincount(scene["car_type"][present], minlength=5))
         assert set(np.unique(out["instance"]).tolist()) <= set((np.flatnonzero(present) + 1).tolist()) | {0}
         assert len(server.actors) == 3
+
+
+@pytest.mark.parametrize("server", ["0.9.16", "0.9.15"], indirect=True)
+def test_rendering_parameters_set_the_cameras_and_post_process(server):
+    """A scene's rendering parameters (simulators/traffic/scene.py): field of view, exposure and white balance
+    become camera attributes (the cameras are respawned when they change), blur and noise post-process the image."""
+    session = CarlaSession("fake", 2000, _config())
+    warm = np.float32([2.0**0.2, 1.0, 2.0**-0.2])
+    scene = dict(make_scene(**SCENE), camera_fov=np.float32(60.0), exposure=np.float32(1.0), color_gains=warm,
+                 blur_sigma=np.float32(0.0), noise_sigma=np.float32(0.0), seed=np.uint32(5))  # fmt: skip
+    out = session.render(scene)
+    sensors = {a.type_id: a for a in server.actors.values()}
+    assert len(sensors) == 3
+    rgb = sensors["sensor.camera.rgb"].attributes
+    assert rgb["fov"] == "60.000000" and rgb["exposure_compensation"] == "1.7500"  # the blueprint's 0.75 + 1 stop
+    assert float(rgb["temp"]) > convert.WHITE_TEMP_K and "tint" not in rgb
+    for t in ("sensor.camera.semantic_segmentation", "sensor.camera.instance_segmentation"):
+        assert sensors[t].attributes["fov"] == "60.000000" and "exposure_compensation" not in sensors[t].attributes
+    # the instance map is the cars seen with the narrower field of view (boxes projected with it, too)
+    rows, cols = np.nonzero(out["instance"] == 1)
+    ((u0, v0, u1, v1),) = [
+        box for type_id, box in server.boxes.values() if type_id == convert.CAR_BLUEPRINTS["sedan"][0]
+    ]
+    top = convert.crop_rows(H)
+    assert (cols.min(), rows.min(), cols.max(), rows.max()) == (u0, v0 - top, u1, v1 - top)
+    assert out["info"]["unmatched_vehicle_pixels"] == 0
+    ids = {a.id for a in server.actors.values()}
+    session.render(scene)  # the same settings: the same cameras
+    assert {a.id for a in server.actors.values()} == ids
+    wider = dict(scene, camera_fov=np.float32(70.0))
+    plain = session.render(wider)  # another field of view: new cameras (CARLA reads attributes at spawn)
+    assert len(server.actors) == 3 and not {a.id for a in server.actors.values()} & ids
+    # blur and noise: post-processing of the delivered image, labels untouched
+    noisy = dict(wider, blur_sigma=np.float32(0.5), noise_sigma=np.float32(4.0))
+    out = session.render(noisy)
+    expect = convert.postprocess(plain["image"], convert.camera_settings(noisy, H), seed=5)
+    np.testing.assert_array_equal(out["image"], expect)
+    np.testing.assert_array_equal(out["label"], plain["label"])
+    assert not np.array_equal(out["image"], plain["image"])
+    # a scene without them: today's cameras
+    session.render(make_scene(**SCENE))
+    rgb = next(a for a in server.actors.values() if a.type_id == "sensor.camera.rgb").attributes
+    assert rgb["fov"] == f"{convert.FOV_DEG:.6f}" and not {"exposure_compensation", "temp", "tint"} & set(rgb)
+    bad = dict(scene, camera_fov=np.float32(np.nan))
+    with pytest.raises(SceneError, match="camera_fov"):
+        session.render(bad)

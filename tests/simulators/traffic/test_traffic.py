@@ -22,6 +22,7 @@ from simulators.traffic import TrafficSimulator, preview
 from simulators.traffic import labels as LB
 from simulators.traffic import layout as L
 from simulators.traffic import scene as S
+from simulators.traffic import visibility as V
 
 H, W, NUM, CHUNK = 24, 80, 4, 3
 B = L.MAX_BLOCKS
@@ -179,18 +180,28 @@ def test_single_car_type_counts(sim, sample):
 
 
 def test_counts_agree_with_instance_map(sim, sample, scenes_fn):
+    """The renderer's counts equal the visibility rule recomputed in NumPy from its own instance map."""
     psi = jnp.asarray(_set(sim, sim.preset("val"), car_presence=2.0))
     key = jax.random.key(8)
     out = _np(sample(key, psi))
     sc = _np(scenes_fn(key, psi))
-    thr = sim.min_visible_pixels
+    r = sim.renderer
+    checked_rules = np.zeros(3, int)
     for i in range(NUM):
         pix = np.bincount(out["instance"][i].ravel(), minlength=B + 1)[1:]
-        visible = (pix >= thr) & sc["car_present"][i]
+        v_h = r.cy - r.focal * np.tan(sc["camera_pitch"][i])
+        area = V.projected_box_area(np, sc["car_type"][i], sc["car_pos"][i], sc["car_heading"][i],
+                                    sc["camera_height"][i], v_h, r.focal, r.cx, H, W)  # fmt: skip
+        dist = np.hypot(sc["car_pos"][i][:, 0] - L.CAMERA_X, sc["car_pos"][i][:, 1] - L.CAMERA_Z)
+        fog = V.FOG_DISTANCE[sc["weather"][i]]
+        visible = V.counted(np, sim.visibility, pix, area, dist, fog, H, W) & sc["car_present"][i]
         expect = np.bincount(sc["car_type"][i][visible], minlength=len(L.CAR_TYPES))
         np.testing.assert_array_equal(out["counts"][i], expect)
         # every instance belongs to a present car
         assert np.all(sc["car_present"][i][np.flatnonzero(pix)])
+        seen = sc["car_present"][i] & (pix > 0)
+        checked_rules += [np.sum(seen & (pix < sim.min_visible_pixels)), np.sum(seen & (pix < 0.4 * area)), 0]
+    assert checked_rules[:2].sum() > 0  # some car was left out by the pixel floor or the share
 
 
 def test_forcing_one_block_changes_only_that_variable(sim, scenes_fn):
@@ -318,9 +329,12 @@ def test_registry_rebuilds_from_describe():
     sim = simulators.make("traffic", height=16, width=32, learn_intersection=True, render_chunk=7)
     d = sim.describe()
     assert d == {"name": "traffic", "height": 16, "width": 32, "learn_intersection": True,
-                 "min_visible_pixels": sim.min_visible_pixels}  # fmt: skip
+                 "learn_rendering": False, "visibility": V.VisibilityRule().describe()}  # fmt: skip
     again = simulators.make(**d)
     assert isinstance(again, TrafficSimulator) and again.describe() == d
     assert again.spec.dim == sim.spec.dim and not again.spec["intersection"].frozen
     with pytest.raises(ValueError, match="render_chunk"):
         simulators.make("traffic", height=16, width=32, render_chunk=0)
+    # an older run's description (the pixel-count rule before issue 13) rebuilds that rule
+    old = simulators.make("traffic", height=16, width=32, min_visible_pixels=3)
+    assert old.min_visible_pixels == 3 and old.visibility.min_share == 0.0

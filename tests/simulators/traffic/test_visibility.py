@@ -65,10 +65,3 @@ def test_rules_from_options():
         V.make_rule({"min_share": 0.5}, 10, H, W)
     with pytest.raises(ValueError, match="min_share"):
         V.VisibilityRule(min_share=1.5)
-
-
-def test_zoom_scale():
-    from simulators.traffic import scene as S
-
-    assert float(V.zoom_scale(np, S.KITTI_HFOV_DEG)) == pytest.approx(1.0)
-    assert float(V.zoom_scale(np, S.MIN_HFOV_DEG)) > 1.4
