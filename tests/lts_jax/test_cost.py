@@ -40,6 +40,9 @@ class SlowTwoStageGMM:
         self.sim = gmm.GMMSimulator(1)
         self.spec, self.delay_s = self.sim.spec, delay_s
 
+    def sample(self, key, psi, num):
+        return self.sim.sample(key, psi, num)
+
     def sample_scenes(self, key, psi, num):
         return self.sim.sample(key, psi, num)
 
