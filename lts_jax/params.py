@@ -258,7 +258,8 @@ class ParamSpec:
         """JSON-ready readable description of one concrete psi [dim].
 
         Bernoulli and categorical blocks give their probabilities (and logits),
-        keyed by label where the block has labels; Gaussians give means and variances.
+        keyed by label where the block has labels; Gaussians give means and variances (and ``labels``, the
+        dimensions' names, where the block has them).
         """
         arr = self.validate(psi)
         if arr.ndim != 1:
@@ -282,6 +283,8 @@ class ParamSpec:
                     "mean": [round(float(v), 6) for v in d["mean"]],
                     "variance": [round(float(v), 6) for v in d["variance"]],
                 }
+                if b.labels is not None:  # the dimensions' names, for figures and readers of metrics.jsonl
+                    entry["labels"] = list(b.labels)
             if b.frozen:
                 entry["frozen"] = True
             out[b.name] = entry

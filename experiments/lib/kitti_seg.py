@@ -191,7 +191,7 @@ def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
     if r["val_car_iou"].get("pretrained") is not None:
         hlines["pretrained start"] = r["val_car_iou"]["pretrained"]
     return seg.reward_figure(workdir, "figure6b.png", lines, hlines, "car IoU on the KITTI validation images",
-                             "KITTI car segmentation: reward curves")  # fmt: skip
+                             "Figure 6b: car segmentation on real KITTI, the methods' rewards")  # fmt: skip
 
 
 EXPERIMENT = seg.Experiment(NAME, TITLE, METHODS, source, draw_figures_from_workdir, summary_table)

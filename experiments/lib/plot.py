@@ -8,6 +8,11 @@ Generic figures, from DIR/metrics.jsonl (any run, finished or not):
                probabilities, Gaussian means with a one-standard-deviation band;
   cost.png     the rewards against the examples generated so far and the wall time so far.
 
+A workdir of several runs (``run.MultiRun``: the segmentation experiments' RUN_DIR/<method>/, the sweep's
+runs/NAME/) has no metrics.jsonl of its own: the generic figures of each sub-run (a directory with a
+``subrun.json`` record and a metrics.jsonl, under the workdir or results.json's ``config.run_dir``, up to two
+levels down) are redrawn in its directory.
+
 Experiment-specific figures, for a finished run: results.json's "experiment"
 field names a module ``experiments.lib.<experiment>``; if it defines
 ``draw_figures_from_workdir(workdir) -> list[Path]`` that is called (gmm_toy:
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from lts_jax import run
 from lts_jax.run import plots
+from lts_jax.run.multirun import RECORD_FILE
 
 HOOK = "draw_figures_from_workdir"
 
@@ -51,16 +57,48 @@ def experiment_figures_fn(workdir: Path):
     return getattr(module, HOOK, None)
 
 
+def _results(workdir: Path) -> dict | None:
+    path = workdir / "results.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PlotError(f"{path} is not valid JSON ({e.msg})") from e
+
+
+def subrun_dirs(workdir: Path) -> list[Path]:
+    """The sub-runs of a multi-run workdir that logged iterations: directories holding ``subrun.json`` and
+    metrics.jsonl, one or two levels under ``workdir`` or under results.json's ``config.run_dir``."""
+    roots = [workdir]
+    run_dir = ((_results(workdir) or {}).get("config") or {}).get("run_dir")
+    if run_dir and Path(run_dir).resolve() != workdir.resolve():
+        roots.append(Path(run_dir))
+    found = []
+    for root in roots:
+        for pattern in (f"*/{RECORD_FILE}", f"*/*/{RECORD_FILE}"):
+            found += [r.parent for r in sorted(root.glob(pattern)) if (r.parent / "metrics.jsonl").exists()]
+    return list(dict.fromkeys(found))
+
+
 def redraw(workdir: str | Path) -> list[Path]:
-    """Redraws the generic and the experiment's figures of ``workdir``; returns the files written."""
+    """Redraws the generic figures of ``workdir`` (or of its sub-runs) and the experiment's own; returns the
+    files written. Raises PlotError when the directory holds no run."""
     workdir = Path(workdir)
-    if not (workdir / "metrics.jsonl").exists():
-        raise PlotError(f"{workdir / 'metrics.jsonl'} does not exist; is --workdir a run's directory?")
-    history = run.read_metrics(workdir)
-    if not history:
-        raise PlotError(f"{workdir / 'metrics.jsonl'} holds no iterations yet")
-    written = plots.run_figures(history, workdir)
+    has_metrics = (workdir / "metrics.jsonl").exists()
+    subruns = [] if has_metrics else subrun_dirs(workdir)
     fn = experiment_figures_fn(workdir)
+    if not has_metrics and not subruns and fn is None:
+        raise PlotError(
+            f"{workdir / 'metrics.jsonl'} does not exist and {workdir} holds no sub-runs nor a finished run's "
+            "results.json; is --workdir a run's directory?"
+        )
+    written: list[Path] = []
+    for directory in [workdir] if has_metrics else subruns:
+        history = run.read_metrics(directory)
+        if not history and has_metrics:
+            raise PlotError(f"{directory / 'metrics.jsonl'} holds no iterations yet")
+        written += plots.run_figures(history, directory) if history else []
     if fn is not None:
         written += [Path(p) for p in (fn(workdir) or [])]
     return written

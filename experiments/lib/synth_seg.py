@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.lib import seg
+from lts_jax import run
 
 NAME = "synth_seg"
 TITLE = "car segmentation on simulated images (paper 4.4, Figure 6a)"
@@ -84,7 +85,8 @@ def summary_table(results: Mapping[str, Any]) -> str:
 
 
 def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
-    """figure6a.png from results.json: LTS's validation car IoU against data sets sampled with psi_val."""
+    """figure6a.png from results.json: LTS's validation car IoU against data sets sampled with psi_val; and LTS's
+    params.png again, with psi_val's values as target lines."""
     workdir = Path(workdir)
     r = json.loads((workdir / "results.json").read_text())
     c = r["curves"]
@@ -93,10 +95,20 @@ def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
         lines["LTS (mean over K)"] = c["lts"]["reward_mean"]
         lines["LTS (max over K)"] = c["lts"]["reward_max"]
     if "val_params" in c:
-        lines["val params (mean over K)"] = c["val_params"]["reward_mean"]
-        hlines["val params: max reward"] = r["max_reward"]["val_params"]
-    return seg.reward_figure(workdir, "figure6a.png", lines, hlines, "car IoU on the validation images",
-                             "simulated car segmentation")  # fmt: skip
+        lines["psi_val's data (mean over K)"] = c["val_params"]["reward_mean"]
+        hlines["psi_val's data: max reward"] = r["max_reward"]["val_params"]
+    if r["val_car_iou"].get("pretrained") is not None:
+        hlines["pretrained start"] = r["val_car_iou"]["pretrained"]
+    written = seg.reward_figure(workdir, "figure6a.png", lines, hlines, "car IoU on the validation images",
+                                "Figure 6a: car segmentation on images rendered with psi_val")  # fmt: skip
+    lts_dir = Path(r.get("checkpoints", {}).get("lts", "")).parent
+    if "lts" in c and r.get("psi_val") and (lts_dir / "metrics.jsonl").exists():
+        from lts_jax.run import plots  # matplotlib: only the figures need it
+
+        history = run.read_metrics(lts_dir)
+        params = plots.params_figure(history, lts_dir / "params.png", targets=r["psi_val"], target_label="psi_val")
+        written += [params] if params else []
+    return written
 
 
 EXPERIMENT = seg.Experiment(NAME, TITLE, METHODS, source, draw_figures_from_workdir, summary_table)
