@@ -250,6 +250,7 @@ def test_weather_changes_image_statistics(sim, sample):
     np.testing.assert_array_equal(clear["label"], fog["label"])  # weather changes looks, not geometry
 
 
+@pytest.mark.slow
 def test_vmap_over_candidates_equals_loop(sim, sample):
     keys = jax.random.split(jax.random.key(12), 2)
     psis = jnp.stack([jnp.asarray(sim.preset("val")), jnp.asarray(sim.preset("adversarial"))])
@@ -292,6 +293,7 @@ def test_declared_outputs_and_selection(sim, sample):
         sim.select(("image", "depth"))
 
 
+@pytest.mark.slow
 def test_chunked_renderer_equals_one_render(sim, sample):
     """NUM = 4 scenes in chunks of 3 (the second padded) give exactly the images of one render of all 4."""
     psi = jnp.asarray(sim.preset("val"))
@@ -304,6 +306,7 @@ def test_chunked_renderer_equals_one_render(sim, sample):
     np.testing.assert_array_equal(checked["image"], one["image"])
 
 
+@pytest.mark.slow
 def test_make_step_equals_make_split_step(sim, count_task):
     """The same TrafficSimulator in make_step (the renderer inside the one jit) and make_split_step (the
     chunked renderer): same keys, same metrics and state (images may differ by one level in a few pixels
