@@ -73,7 +73,10 @@ from lts_jax.data import kitti
 from lts_jax.data.kitti import Crop
 
 DataError = kitti.KittiDataError  # one error type for every KITTI-layout data set
-DATA_ROOT = "../shared/data"  # the shared data, relative to the repository root
+# The shared real data: $LTS_DATA_DIR, else ../shared/data (relative to the repository root). The tests find the
+# data sets through the same variable (tests/conftest.py real_data_dir).
+DATA_DIR_VARIABLE = "LTS_DATA_DIR"
+DATA_ROOT = os.environ.get(DATA_DIR_VARIABLE) or "../shared/data"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ def quiet_backend_logs() -> None:
     every command (absl shows INFO once an experiment sets it up); real warnings still show."""
     for name in BACKEND_LOGGERS:
         logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < logging.WARNING:
+        if logger.level < logging.WARNING:  # its own level (NOTSET follows the root, which absl lowers to INFO)
             logger.setLevel(logging.WARNING)
 
 

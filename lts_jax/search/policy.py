@@ -32,7 +32,8 @@ plateau measurements (``benchmarks/search_null_drift.py``) support.
   diverged to -1.6e8 among rewards near -1. Unguarded, such a reward makes a gradient ~1e16 that fills Adam's
   second-moment estimate, wrecks the EMA baseline, and the policy stops moving for thousands of iterations
   without an error. A reward farther from the batch median than ``outlier_mads`` robust deviations (the median
-  of the K rewards' nonzero distances to the median) is clipped to that distance before the advantages and the
+  of the K rewards' nonzero distances to the median) and than the median's own magnitude (so that a poor
+  candidate among saturated accuracies is not one) is clipped to that distance before the advantages and the
   baseline see it (the logged rewards and the best candidate keep the raw value); the step's metric
   ``rewards_extreme`` counts them and :func:`lts_jax.run.run_search` warns, naming the iteration. Ordinary
   reward noise stays inside the bound (Gaussian rewards cross it in about 1 of 50,000 batches of K = 8 and 1 of
@@ -101,7 +102,8 @@ def clip_extreme_rewards(rewards: jax.Array, num_deviations: float, tie_toleranc
     """(rewards [K] with the extreme ones clipped, number of extreme rewards []) for rewards [K].
 
     Extreme: farther from the median than ``num_deviations`` x the (upper) median of the distances to the median
-    that exceed ``tie_tolerance`` (a scale that ignores tied rewards and up to half of the deviating ones).
+    that exceed ``tie_tolerance`` (a scale that ignores tied rewards and up to half of the deviating ones), and
+    farther than the median's magnitude.
     Fewer than 3 deviating rewards give no scale: nothing is extreme. Clipping keeps the order of the rewards.
     """
     median = jnp.median(rewards)
@@ -110,7 +112,9 @@ def clip_extreme_rewards(rewards: jax.Array, num_deviations: float, tie_toleranc
     count = jnp.sum(deviating)
     ordered = jnp.sort(jnp.where(deviating, dev, jnp.inf))
     scale = ordered[count // 2]
-    bound = jnp.where(count >= 3, num_deviations * scale, jnp.inf)
+    # ... and at least the median's own magnitude: a bounded reward near saturation (accuracies of 0.996-1.0)
+    # has a tiny spread, and a candidate at 0.78 there is a poor one, not a diverged one.
+    bound = jnp.where(count >= 3, jnp.maximum(num_deviations * scale, jnp.abs(median)), jnp.inf)
     extreme = dev > bound
     clipped = jnp.where(extreme, median + jnp.sign(rewards - median) * bound, rewards)
     return clipped, jnp.sum(extreme)
@@ -170,8 +174,10 @@ class GaussianPolicy(StrategyBase):
         prob_floor: float = 0.0,
         outlier_mads: float | None = 50.0,
     ):
-        if not (variance > 0 and math.isfinite(variance)):
-            raise ValueError(f"policy variance must be a finite float > 0, got {variance}")
+        if not variance > 0:
+            raise ValueError(f"policy variance must be > 0, got {variance}")
+        if not math.isfinite(variance):
+            raise ValueError(f"policy variance must be finite, got {variance}")
         if not 0.0 <= baseline_decay < 1.0:
             raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
         if baseline not in BASELINES:
@@ -182,8 +188,10 @@ class GaussianPolicy(StrategyBase):
             raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
         if not tie_std_growth >= 1.0:
             raise ValueError(f"tie_std_growth must be >= 1 (1 = off), got {tie_std_growth}")
-        if not (max_std > 0 and math.isfinite(max_std)):
-            raise ValueError(f"max_std must be a finite float > 0, got {max_std}")
+        if not max_std > 0:
+            raise ValueError(f"max_std must be > 0, got {max_std}")
+        if not math.isfinite(max_std):
+            raise ValueError(f"max_std must be finite, got {max_std}")
         if outlier_mads is not None and not outlier_mads > 0:
             raise ValueError(f"outlier_mads must be > 0 or None (off), got {outlier_mads}")
         super().__init__(spec)
