@@ -14,7 +14,7 @@ function of ``experiments/lib/NAME.py``::
     if __name__ == "__main__":
         common.main(main)                                  # absl's app.run with the exit statuses below
 
-Flags are named like the fields (DESIGN.md's shared names: ``--workdir --seed --num_iterations
+Flags are named like the fields (the shared names of WORKSPACE.md's design: ``--workdir --seed --num_iterations
 --num_candidates --dataset_size --mtm_epochs --retain_mtm --search --policy_lr --policy_variance
 --baseline_decay ...``); :data:`HELP` holds the help of the fields that several experiments share. The
 library names its parameters in messages (``overwrite=True``); :func:`user_message` renders them as flags
@@ -47,6 +47,7 @@ from absl import app, flags
 
 from experiments.lib.common import ConfigError
 from lts_jax import lts, parallel, run
+from lts_jax.run.errors import SimulatorUnavailable
 
 # Help of the settings several experiments share (an experiment's own are given to define_flags).
 HELP = {
@@ -114,6 +115,10 @@ HELP = {
     "width": "Image width.",
     "simulator": "Renderer of the traffic scenes: traffic (pure JAX) or carla (servers; simulators/carla/README.md).",
     "carla_hosts": "CARLA servers for --simulator=carla: host:port entries, comma separated.",
+    "carla_timeout": (
+        "Seconds a CARLA server may take to answer: each call, and all the connection attempts to one server "
+        "together (a refused connection fails at once). A server that stays unavailable stops the run: exit 3."
+    ),
     "learn_intersection": "Let the search learn the intersection type (frozen and uniform by default).",
     "render_chunk": "Images per call of the compiled renderer (one program serves every data set size).",
     "compile_cache_dir": "JAX's persistent compilation cache (reruns skip compiling the renderer); off if unset.",
@@ -229,9 +234,7 @@ def config_from_flags(cls: type, base: Any = None) -> Any:
                     )
                 ) from None
         if kind is float and value is not None and not math.isfinite(value):
-            raise ConfigError(
-                lambda p, n=f.name, v=value: f"{p(n, v)} is out of range; accepted: a finite float"
-            )
+            raise ConfigError(lambda p, n=f.name, v=value: f"{p(n, v)} is out of range; accepted: a finite float")
         values[f.name] = value
     return dataclasses.replace(cls() if base is None else base, **values)
 
@@ -312,23 +315,24 @@ def main(main_fn: Callable[[], Any]) -> None:
 
 def _workdir_snapshot() -> tuple[Path, bool, bool] | None:
     """(--workdir, whether it existed, whether it held flags.txt) before a command ran, or None without one."""
-    if not WORKDIR.present and not WORKDIR.value:
+    if not flags.FLAGS.is_parsed() or not WORKDIR.value:
         return None
     path = Path(WORKDIR.value)
-    return path, path.exists(), (path / run.CONFIG_FILE).exists()
+    try:
+        return path, path.exists(), (path / run.CONFIG_FILE).exists()
+    except OSError:  # a name the file system refuses: the command reports it
+        return None
 
 
 def _undo_new_workdir(snapshot: tuple[Path, bool, bool] | None) -> None:
-    """After a configuration or input error: removes the flags.txt this command wrote into a workdir that held
-    no run before (and the directory, when the command created it and it is empty again). A run's files
-    (metrics, checkpoints, results) are never touched."""
+    """After a configuration or input error: removes the flags.txt this command wrote from its own settings where
+    there was none (and the directory, when the command created it and it is empty again). A flags.txt written
+    from a checkpoint's stored configuration (the run's own) stays, and a run's files are never touched."""
     if snapshot is None:
         return
     path, existed, had_config = snapshot
     config = path / run.CONFIG_FILE
-    if had_config or not config.exists():
-        return
-    if any((path / name).exists() for name in ("metrics.jsonl", run.CHECKPOINT_DIR, "results.json")):
+    if had_config or not config.exists() or run.checkpoint.stored_meta(path / run.CHECKPOINT_DIR) is not None:
         return
     try:
         config.unlink()
@@ -360,6 +364,7 @@ def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
         if len(argv) > 1:
             _usage_exit(f"unexpected arguments: {' '.join(argv[1:])} (--help lists the flags)")
         run.checkpoint.quiet_orbax_logs()
+        run.progress.quiet_backend_logs()  # no "Unable to initialize backend 'tpu'" line
         snapshot = _workdir_snapshot()
         try:
             main_fn()
@@ -401,16 +406,16 @@ def run_main(main_fn: Callable[[], Any]) -> Callable[[list[str]], None]:
 
 def _simulator_unavailable(e: BaseException) -> str | None:
     """The message of the error behind ``e`` saying that a simulator stayed unavailable after its retries
-    (``run.SimulatorUnavailable``, e.g. every CARLA server of a pool failed, raised directly or through the
+    (``lts_jax.run.SimulatorUnavailable``, e.g. every CARLA server of a pool failed, raised directly or through the
     host bridge, whose text alone crosses it), or None."""
     seen, cause = set(), e
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, run.SimulatorUnavailable):
+        if isinstance(cause, SimulatorUnavailable):
             return str(cause)
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     marker = "NoCarlaServerError:"
     for line in str(e).splitlines():
         if marker in line:
-            return line[line.index(marker) :].strip()
+            return line[line.rindex(marker) :].strip()  # JAX's text repeats the type before it
     return None

@@ -4,14 +4,27 @@ Layout (one orbax CheckpointManager)::
 
     WORKDIR/checkpoints/<step>/state/     the LTSState pytree (search state with optimiser
                                           state and baseline, AMTM, best MTM, iteration)
-    WORKDIR/checkpoints/<step>/meta/      JSON: {"iteration": step, "num_iterations": ..., "time": ...}
+    WORKDIR/checkpoints/<step>/meta/      JSON: {"iteration": step, "num_iterations", "time", "layout",
+                                          "config", "fingerprint"} (see "The run's identity")
     WORKDIR/checkpoints_corrupt/<step>/   a latest checkpoint that failed to restore, moved aside
 
 ``<step>`` is the number of completed iterations (``state.iteration``). Saves
 are synchronous: a failure (a full disk) surfaces at once, as a
 :class:`CheckpointError` naming the path, and orbax only turns a checkpoint
 directory into ``<step>`` after all of it is written, so the previous good
-checkpoints stay in place. The newest ``keep`` checkpoints are kept.
+checkpoints stay in place. The newest ``keep`` checkpoints are kept (also
+after a resume that saved nothing: :meth:`Checkpointer.prune`), and the
+temporary directory of a save that a crash cut short is removed.
+
+The run's identity travels with every checkpoint, in its meta: ``layout``
+(every array of the state: ``{path: "float32[8]"}``, :func:`state_layout`),
+and what the caller gives: ``config`` (the run's resolved settings, as
+flags.txt holds them) and ``fingerprint`` (descriptions of the simulator, task
+and search). :func:`stored_meta` reads them back without orbax, so a workdir
+whose flags.txt is gone still knows its run. A checkpoint whose layout is not
+the target's (another configuration's run) raises :class:`LayoutMismatch`
+naming the arrays that differ, before orbax is asked; it is neither corrupt
+nor moved aside.
 
 Restoring needs a *target*: a state of the same structure (the freshly
 initialised one), whose shapes, dtypes and shardings the restored arrays take.
@@ -32,10 +45,14 @@ Works with orbax-checkpoint 0.12.x (the API of CheckpointManager,
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +64,9 @@ from lts_jax.run import distributed
 from lts_jax.run.errors import RunError
 
 CORRUPT_SUFFIX = "_corrupt"
+META_ITEM = "meta"  # the orbax item holding the JSON meta: <step>/meta/metadata
+# orbax writes a step into "<step>.orbax-checkpoint-tmp..." and renames it when complete
+TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 def _ocp():
@@ -66,11 +86,26 @@ class CheckpointError(RunError, RuntimeError):
     """A checkpoint cannot be written or no checkpoint can be restored; the message names the path."""
 
 
+class LayoutMismatch(CheckpointError):
+    """A checkpoint holds a state of another structure or shape than the run's (another configuration's
+    run). Attributes: ``path``, ``differences`` (``[(array, in the checkpoint, now)]``)."""
+
+    def __init__(self, compose, *, path: Path, differences: list[tuple[str, str | None, str | None]]):
+        super().__init__(compose)
+        self.path, self.differences = path, differences
+
+
 class _DropOrbaxInfo:
-    """A logging filter: orbax logs several INFO lines per save through absl; keep its warnings and errors."""
+    """A logging filter: orbax logs several INFO lines per save through absl; keep its warnings and errors,
+    except while a Checkpointer call runs (``quiet``): a failure there becomes one CheckpointError naming
+    the path, instead of a traceback per orbax thread (a full disk: a dozen)."""
+
+    quiet = 0
 
     def filter(self, record) -> bool:
-        return record.levelno >= 30 or "orbax" not in (record.pathname or "")
+        if "orbax" not in (record.pathname or ""):
+            return True
+        return record.levelno >= 30 and not _DropOrbaxInfo.quiet
 
 
 def quiet_orbax_logs() -> None:
@@ -78,6 +113,91 @@ def quiet_orbax_logs() -> None:
     absl_logger = logging.get_absl_logger()
     if not any(isinstance(f, _DropOrbaxInfo) for f in absl_logger.filters):
         absl_logger.addFilter(_DropOrbaxInfo())
+
+
+@contextlib.contextmanager
+def _orbax_quiet():
+    quiet_orbax_logs()
+    _DropOrbaxInfo.quiet += 1
+    try:
+        yield
+    finally:
+        _DropOrbaxInfo.quiet -= 1
+
+
+def _finish_abandoned_work() -> None:
+    """After a failed orbax call: finalises the coroutines it abandoned now, while the interpreter runs. Left to
+    the exit, each prints a traceback ("Event loop is closed", "Python is likely shutting down")."""
+    with _orbax_quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gc.collect()
+
+
+# ----- the run's identity ---------------------------------------------------------------------------------------
+def state_layout(tree: Any) -> dict[str, str]:
+    """``{path: "dtype[shape]"}`` of every array leaf of ``tree`` (e.g. ``"search.params.mean": "float32[8]"``):
+    what a checkpoint must match to restore into it."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = ".".join(_key_name(k) for k in path)
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            out[name] = f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+        else:
+            out[name] = type(leaf).__name__
+    return out
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def layout_differences(stored: Mapping[str, str], now: Mapping[str, str]) -> list[tuple[str, str | None, str | None]]:
+    """``[(array, in the checkpoint, now)]`` (None: absent) of two :func:`state_layout` s, by name."""
+    return [(k, stored.get(k), now.get(k)) for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+
+
+def read_meta(step_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON meta of the checkpoint directory ``step_dir`` (read without orbax), or None when it is
+    missing or unreadable."""
+    path = Path(step_dir) / META_ITEM / "metadata"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def stored_meta(directory: str | os.PathLike, key: str = "config") -> tuple[int, dict[str, Any]] | None:
+    """(step, meta) of the newest checkpoint in ``directory`` whose meta holds ``key``, or None."""
+    directory = Path(directory)
+    for step in reversed(list_steps(directory)):
+        meta = read_meta(directory / str(step))
+        if meta is not None and meta.get(key) is not None:
+            return step, meta
+    return None
+
+
+def _orbax_layout(step_dir: Path) -> dict[str, str] | None:
+    """``{path: "[shape]"}`` of the arrays in orbax's own tree metadata (checkpoints written before the meta had
+    a layout); None when it cannot be read."""
+    try:
+        tree = json.loads((step_dir / "state" / "_METADATA").read_text())["tree_metadata"]
+        out = {}
+        for entry in tree.values():
+            value = entry["value_metadata"]
+            if value.get("write_shape") is None:  # None leaves (no AMTM, no best MTM) hold no array
+                continue
+            out[".".join(str(k["key"]) for k in entry["key_metadata"])] = str(list(value["write_shape"]))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _shapes_only(layout: Mapping[str, str]) -> dict[str, str]:
+    return {k: v[v.index("[") :] if "[" in v else v for k, v in layout.items()}
 
 
 def list_steps(directory: str | os.PathLike) -> list[int]:
@@ -161,9 +281,14 @@ class Checkpointer:
     def path(self, step: int) -> Path:
         return self.directory / str(step)
 
+    def meta(self, step: int) -> dict[str, Any] | None:
+        """The JSON meta of checkpoint ``step`` (:func:`read_meta`), or None."""
+        return read_meta(self.path(step))
+
     # ----- save ------------------------------------------------------------------------------------------------
     def save(self, state: Any, meta: dict[str, Any] | None = None) -> Path:
-        """Saves ``state`` as step ``int(state.iteration)``; returns its directory.
+        """Saves ``state`` as step ``int(state.iteration)`` with ``meta`` (JSON; the state's
+        :func:`state_layout` is added); returns its directory.
 
         A step that already exists is left as it is (the same iteration of a
         deterministic run). Raises CheckpointError naming the path on failure
@@ -173,42 +298,100 @@ class Checkpointer:
         path = self.path(step)
         if step in self.steps():
             return path
-        meta = {"iteration": step, "time": time.time(), **(meta or {})}
-        manager = self._open()
+        meta = {"iteration": step, "time": time.time(), **(meta or {}), "layout": state_layout(state)}
         ocp = _ocp()
         try:
-            manager.save(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                force=True,
-            )
-            manager.wait_until_finished()
+            with _orbax_quiet():
+                manager = self._open()
+                manager.save(
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                    force=True,
+                )
+                manager.wait_until_finished()
         except Exception as e:
             # The manager may hold a half-registered step; a fresh one re-reads the directory.
             self._manager = None
-            raise CheckpointError(
-                f"could not write checkpoint {path}: {_short(e)}; the previous checkpoints "
-                f"{[str(self.path(s)) for s in self.steps()]} are kept"
-            ) from e
+            _finish_abandoned_work()
+            self._remove_temporary()
+            kept = [str(self.path(s)) for s in self.steps()]
+            previous = f"the previous checkpoints {kept} are kept" if kept else "there is no earlier checkpoint"
+            raise CheckpointError(f"could not write checkpoint {path}: {_short(e)}; {previous}") from e
+        self.prune()
         return path
 
+    def prune(self) -> list[int]:
+        """Removes the checkpoints beyond the newest ``keep`` and the temporary directories of saves a crash
+        cut short (main process only); returns the steps removed."""
+        if not distributed.is_main_process():
+            return []
+        steps = self.steps()
+        old = steps[: max(len(steps) - self.keep, 0)]
+        if old:
+            self.close()  # the manager caches the step list
+        for step in old:
+            shutil.rmtree(self.path(step), ignore_errors=True)
+        self._remove_temporary()
+        return old
+
+    def _remove_temporary(self) -> None:
+        if not self.directory.is_dir() or not distributed.is_main_process():
+            return
+        for p in self.directory.iterdir():
+            if TMP_MARKER in p.name:
+                shutil.rmtree(p, ignore_errors=True)
+
     # ----- restore ---------------------------------------------------------------------------------------------
+    def check_layout(self, target: Any, step: int, *, after_failure: bool = False) -> None:
+        """Raises LayoutMismatch when checkpoint ``step`` holds a state of another structure or shape than
+        ``target``. Read from the meta's layout; without one (older checkpoints), after a failed restore
+        (``after_failure``), from orbax's tree metadata, comparing shapes only."""
+        path = self.path(step)
+        now = state_layout(target)
+        stored = (self.meta(step) or {}).get("layout")
+        if stored is None:
+            stored, now = _orbax_layout(path), _shapes_only(now)
+            # Before orbax is asked, trust its metadata only where it names the very arrays of the target
+            # (its naming of other pytrees may differ from ours); after a failed restore, any difference counts.
+            if stored is None or (not after_failure and set(stored) != set(now)):
+                return
+        diffs = layout_differences(stored, now)
+        if not diffs:
+            return
+        shown = "; ".join(f"{n}: {a or '(absent)'} in the checkpoint, {b or '(absent)'} now" for n, a, b in diffs[:6])
+        more = f"; {len(diffs) - 6} more" if len(diffs) > 6 else ""
+        raise LayoutMismatch(
+            lambda p: (
+                f"checkpoint {path} holds the state of another configuration ({shown}{more}): it is not this "
+                f"run's. Re-run with the configuration that wrote it, choose another {p('workdir')}, or pass "
+                f"{p('overwrite', True)} to start over"
+            ),
+            path=path,
+            differences=diffs,
+        )
+
     def restore(self, target: Any, step: int) -> tuple[Any, dict[str, Any]]:
         """(state, meta) of checkpoint ``step``, arrays shaped like ``target``'s.
 
-        Raises CheckpointError naming the path when it cannot be read or does
-        not hold iteration ``step``.
+        Raises LayoutMismatch when it holds a state of another shape (checked before orbax reads it), and
+        CheckpointError naming the path when it cannot be read or does not hold iteration ``step``.
         """
         path = self.path(step)
+        self.check_layout(target, step)
         ocp = _ocp()
         try:
-            restored = self._open().restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target)), meta=ocp.args.JsonRestore()),
-            )
+            with _orbax_quiet():
+                restored = self._open().restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_abstract(target)), meta=ocp.args.JsonRestore()
+                    ),
+                )
             state, meta = restored.state, dict(restored.meta or {})
             got = int(state.iteration)
         except Exception as e:
+            _finish_abandoned_work()
+            self.check_layout(target, step, after_failure=True)
             raise CheckpointError(f"cannot restore checkpoint {path}: {_short(e)}") from e
         if got != step or int(meta.get("iteration", step)) != step:
             raise CheckpointError(
@@ -225,12 +408,16 @@ class Checkpointer:
         (naming its path) and, once an older one restored, moved aside to
         ``<directory>_corrupt/`` so that the run can write that step again.
         When every checkpoint fails, nothing is moved and CheckpointError lists
-        them all.
+        them all. A checkpoint of another layout is not corrupt: LayoutMismatch
+        is raised at once, nothing moved. After a restore the checkpoints beyond
+        ``keep`` are removed (:meth:`prune`).
         """
         failures: list[tuple[int, CheckpointError]] = []
         for step in reversed(self.steps()):
             try:
                 state, meta = self.restore(target, step)
+            except LayoutMismatch:
+                raise
             except CheckpointError as e:
                 warn(f"{e}; falling back to the previous checkpoint")
                 failures.append((step, e))
@@ -242,6 +429,7 @@ class Checkpointer:
                         dest = self._move_aside(bad)
                         warn(f"corrupt checkpoint {self.path(bad)} moved to {dest}; resuming from {self.path(step)}")
                 distributed.sync("lts_checkpoint_moved_aside")
+            self.prune()
             return state, meta
         if failures:
             listing = "; ".join(str(e) for _, e in failures)

@@ -33,3 +33,8 @@ class RunError(Exception):
     def render(self, name_fn: NameFn) -> str:
         """The message with every parameter named by ``name_fn``."""
         return self._compose(name_fn)
+
+
+class SimulatorUnavailable(RunError, RuntimeError):
+    """A simulator stayed unavailable after its retries (e.g. every CARLA server of a pool failed); the message
+    names what failed. The run's last good checkpoint is kept: the same call resumes once it is back."""

@@ -25,10 +25,18 @@ What :func:`prepare_workdir` with a ``config`` does when the directory already h
   :class:`WorkdirError` with the list of differences. Settings named in
   ``ignore`` may differ; ``num_iterations`` may be raised, never lowered below
   the completed iterations.
+
+The stored configuration is the one in the newest checkpoint's meta (written
+there by ``run_search`` with every checkpoint), else flags.txt: a run whose
+flags.txt was lost is still checked, and its flags.txt is written again from
+the checkpoint (on a refusal: the checkpoint's settings, so the message can
+point to it).
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import socket
@@ -121,6 +129,18 @@ def config_differences(
     ]
 
 
+def flat_settings(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested JSON-like mapping as ``{"outer.inner": JSON text}`` (how nested settings are compared)."""
+    out = {}
+    for k, v in config.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flat_settings(v, name + "."))
+        else:
+            out[name] = json.dumps(v, sort_keys=True, default=str)
+    return out
+
+
 def differences_listing(differences: Iterable[Difference], name_fn: NameFn) -> str:
     """One line per difference: ``  NAME: STORED in the run, now NOW``."""
 
@@ -137,28 +157,49 @@ def _int_or_none(value) -> int | None:
         return None
 
 
+def _write_config(path: Path, config: Mapping[str, Any]) -> None:
+    lines = [f"--{k}={v}" for k, v in sorted(_as_strings(config).items())]
+    atomic_write_text(path / CONFIG_FILE, "\n".join(lines) + "\n")
+
+
+def stored_configuration(path: str | os.PathLike) -> tuple[dict[str, str] | None, str]:
+    """(the configuration of the run in ``path``, where it was read): the newest checkpoint's (its meta's
+    ``config``), else flags.txt's; (None, "") when neither holds one."""
+    path = Path(path)
+    found = checkpoint.stored_meta(path / CHECKPOINT_DIR, "config")
+    if found is not None and isinstance(found[1]["config"], Mapping):
+        return _as_strings(found[1]["config"]), str(path / CHECKPOINT_DIR / str(found[0]))
+    stored = read_config(path)
+    return stored, (str(path / CONFIG_FILE) if stored is not None else "")
+
+
 def _store_config(path: Path, config: Mapping[str, Any], ignore: Iterable[str], write: bool = True) -> None:
     """Checks ``config`` against the run already in ``path`` (see the module docstring), then stores it
     (``write=False``: only checks)."""
-    stored = read_config(path)
+    stored, source = stored_configuration(path)
     steps = checkpoint.list_steps(path / CHECKPOINT_DIR)
     finished = (path / RESULTS_FILE).exists()
+    lost = not (path / CONFIG_FILE).exists()
     if steps or finished or (path / METRICS_FILE).exists():
         if stored is None:
             logging.warning("%s holds a run without %s; its configuration cannot be checked", path, CONFIG_FILE)
         else:
             diffs = config_differences(stored, config, ignore)
             if diffs:
+                if lost and write:  # the run's own settings, so that the message can point to them
+                    _write_config(path, stored)
                 raise WorkdirError(
                     lambda p: (
-                        f"{p('workdir')} {path} holds a run with a different configuration:\n"
-                        f"{differences_listing(diffs, p)}\nRe-run with the run's configuration (see "
+                        f"{p('workdir')} {path} holds a run with a different configuration (recorded in "
+                        f"{source}):\n{differences_listing(diffs, p)}\nRe-run with the run's configuration (see "
                         f"{path / CONFIG_FILE}), choose another {p('workdir')}, or pass {p('overwrite', True)} "
                         "to start over."
                     ),
                     path=path,
                     differences=diffs,
                 )
+            if lost:
+                logging.warning("%s was missing; rewritten from %s (the configurations agree)", CONFIG_FILE, source)
         wanted = _int_or_none(config.get(EXTENSIBLE))
         stored_n = _int_or_none((stored or {}).get(EXTENSIBLE))
         completed = steps[-1] if steps else (stored_n if finished and stored_n is not None else 0)
@@ -193,8 +234,7 @@ def _store_config(path: Path, config: Mapping[str, Any], ignore: Iterable[str], 
             if write:
                 begin_extension(path)
     if write:
-        lines = [f"--{k}={v}" for k, v in sorted(_as_strings(config).items())]
-        atomic_write_text(path / CONFIG_FILE, "\n".join(lines) + "\n")
+        _write_config(path, config)
 
 
 def begin_extension(path: Path) -> None:
@@ -243,16 +283,17 @@ def prepare_workdir(
         ``num_iterations`` was not raised. Nothing is written then.
     """
     path = Path(workdir)
-    if path.exists() and not path.is_dir():
-        raise WorkdirError(lambda p: f"{p('workdir')} {path} exists and is not a directory", path=path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write_test.{socket.gethostname()}.{os.getpid()}"  # one per process
         probe.write_text("ok")
         probe.unlink()
-    except OSError as e:
+    except FileExistsError as e:
+        raise WorkdirError(lambda p: f"{p('workdir')} {path} exists and is not a directory", path=path) from e
+    except OSError as e:  # not writable, a name too long for the file system, ...
         reason = e.strerror or str(e)  # ``e`` is unbound after the except clause; the message is composed later
-        raise WorkdirError(lambda p: f"{p('workdir')} {path} is not writable: {reason}", path=path) from e
+        what = "cannot be used" if e.errno == errno.ENAMETOOLONG else "is not writable"
+        raise WorkdirError(lambda p: f"{p('workdir')} {path} {what}: {reason}", path=path) from e
     # Several processes (lts_jax.run.distributed): all check the same files, and only the main one
     # writes, after every process has checked, so that all reach the same outcome.
     main, several = distributed.is_main_process(), distributed.process_count() > 1

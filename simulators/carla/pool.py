@@ -10,17 +10,27 @@ rest of the pool's life (with a warning) and its scene goes to the others. When
 no server is left, :class:`NoCarlaServerError` names every host and its last
 error.
 
+Connecting: before a session is opened the pool checks that the server answers
+(``probe_fn``, :func:`probe` for real servers: a TCP connection and one
+msgpack-rpc call, no CARLA client needed). A refused connection (nothing
+listens) fails at once and is retried after short back-offs
+(:data:`REFUSED_BACKOFF_S`), so a dead host is known in well under a second; a
+silent one (a listener that never answers) is given ``timeout_s`` for all its
+connection attempts together, so it is dropped within one ``timeout_s``.
+
 Contract with the experiment driver: the simulator's host function runs inside
 the jitted policy step, so JAX re-raises this error wrapped (a JaxRuntimeError
 whose text contains ``NoCarlaServerError``). The driver catches exceptions around
 the step, asks :func:`find_no_server_error` whether one is this error, and if so
 saves a checkpoint of the last completed iteration, logs the message and exits
-cleanly; a resumed run redoes the interrupted iteration with the same keys.
+cleanly (the experiments: exit status 3); a resumed run redoes the interrupted
+iteration with the same keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,10 +38,53 @@ from typing import Any
 
 from absl import logging
 
+from lts_jax.run.errors import SimulatorUnavailable
 from simulators.carla.session import SceneError
 
+# Back-off before retrying a refused connection (doubling per retry): nothing listens there, so waiting the
+# full back-off of a failed render would only delay the verdict.
+REFUSED_BACKOFF_S = 0.1
+# A msgpack-rpc request [type 0, id 0, "version", []]: the CARLA server's version call (carla.Client's first).
+_VERSION_REQUEST = b"\x94\x00\x00\xa7version\x90"
 
-class NoCarlaServerError(RuntimeError):
+
+class ServerUnreachable(ConnectionError):
+    """A CARLA server did not answer the pool's probe: ``refused`` (nothing listens) or silent (no answer
+    within the time given)."""
+
+    def __init__(self, message: str, refused: bool):
+        super().__init__(message)
+        self.refused = refused
+
+
+def probe(host: str, port: int, timeout_s: float) -> None:
+    """Checks that a CARLA server answers at ``host:port`` within ``timeout_s``, without the CARLA client.
+
+    Opens a TCP connection (refused at once when nothing listens) and sends one msgpack-rpc call of the
+    server's ``version`` function; any answer proves a live server (a listener that never answers is not
+    one). Raises ServerUnreachable naming the address. Host-only.
+    """
+    address = f"{host}:{port}"
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+            conn.settimeout(max(timeout_s - (time.monotonic() - t0), 0.01))
+            conn.sendall(_VERSION_REQUEST)
+            if not conn.recv(1):
+                raise ServerUnreachable(f"{address} closed the connection without answering", refused=False)
+    except ServerUnreachable:
+        raise
+    except ConnectionRefusedError:
+        raise ServerUnreachable(f"{address} refused the connection (no server listens there)", refused=True) from None
+    except TimeoutError:
+        raise ServerUnreachable(
+            f"{address} accepted the connection but did not answer within {timeout_s:.3g} s", refused=False
+        ) from None
+    except OSError as e:  # no route, unknown host name, reset
+        raise ServerUnreachable(f"{address}: {e.strerror or e}", refused=False) from None
+
+
+class NoCarlaServerError(SimulatorUnavailable):
     """Every CARLA server of the pool has been dropped.
 
     Attributes:
@@ -120,9 +173,12 @@ class CarlaPool:
       session_fn: ``session_fn(host, port) -> session`` with ``session.render(scene)
         -> dict`` and ``session.close()``; connects (may raise). Typically
         ``lambda h, p: CarlaSession(h, p, config)``.
-      timeout_s: recorded for messages; the sessions enforce it per RPC.
+      timeout_s: the limit of every RPC (the sessions enforce it), and of all the connection attempts to one
+        server together (the probe: a silent server is dropped within it).
       max_retries: further attempts on the same server after a scene fails.
-      backoff_s: sleep before retry i is ``backoff_s * 2**i``.
+      backoff_s: sleep before retry i is ``backoff_s * 2**i`` (a refused connection: REFUSED_BACKOFF_S instead).
+      probe_fn: ``probe_fn(host, port, timeout_s)`` run before each session is opened, raising when the
+        server does not answer (:func:`probe` for real servers); None: none (fake sessions).
     """
 
     def __init__(
@@ -133,6 +189,7 @@ class CarlaPool:
         timeout_s: float = 30.0,
         max_retries: int = 2,
         backoff_s: float = 1.0,
+        probe_fn: Callable[[str, int, float], None] | None = None,
     ):
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -141,6 +198,7 @@ class CarlaPool:
         self.servers = [_Server(h, p) for h, p in parse_hosts(hosts)]
         self.hosts = [s.name for s in self.servers]
         self.session_fn = session_fn
+        self.probe_fn = probe_fn
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
         self.fatal_error: NoCarlaServerError | None = None
 
@@ -173,12 +231,28 @@ class CarlaPool:
             except Exception as e:  # noqa: BLE001 - best effort on a failing server
                 logging.info("closing %s: %s", server.name, e)
 
+    def _open(self, server: _Server, deadline: float, attempts_left: int) -> None:
+        """Probes the server (its share of the time to ``deadline``) and opens its session."""
+        if self.probe_fn is not None:
+            wait = max((deadline - time.monotonic()) / max(attempts_left, 1), 0.05)
+            self.probe_fn(server.host, server.port, wait)
+        server.session = self.session_fn(server.host, server.port)
+
+    def _backoff(self, error: BaseException, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt + 1``: none after a silent probe (its wait was the back-off),
+        short after a refused connection, else ``backoff_s * 2**attempt``."""
+        if isinstance(error, ServerUnreachable):
+            return min(self.backoff_s, REFUSED_BACKOFF_S) * 2**attempt if error.refused else 0.0
+        return self.backoff_s * 2**attempt
+
     def _attempt(self, server: _Server, scene: Any) -> tuple[bool, Any]:
         """(True, result) or (False, None) after all attempts failed; SceneError propagates."""
+        deadline = None  # all the connection attempts to this server share one timeout_s
         for attempt in range(self.max_retries + 1):
             try:
                 if server.session is None:
-                    server.session = self.session_fn(server.host, server.port)
+                    deadline = deadline or time.monotonic() + self.timeout_s
+                    self._open(server, deadline, self.max_retries + 1 - attempt)
                 result = server.session.render(scene)
                 server.scenes_rendered += 1
                 return True, result
@@ -195,7 +269,7 @@ class CarlaPool:
                 )
                 self._close(server)
                 if attempt < self.max_retries:
-                    time.sleep(self.backoff_s * 2**attempt)
+                    time.sleep(self._backoff(e, attempt))
         return False, None
 
     def _work(self, server: _Server, scenes, todo: list[int], results: list, done: list, errors: list, lock) -> None:
@@ -260,10 +334,11 @@ class CarlaPool:
         """
 
         def work(server: _Server) -> None:
+            deadline = time.monotonic() + self.timeout_s
             for attempt in range(self.max_retries + 1):
                 try:
                     if server.session is None:
-                        server.session = self.session_fn(server.host, server.port)
+                        self._open(server, deadline, self.max_retries + 1 - attempt)
                     return
                 except Exception as e:  # noqa: BLE001 - any failure of a remote server counts
                     server.last_error = f"{type(e).__name__}: {e}"
@@ -275,7 +350,7 @@ class CarlaPool:
                         server.last_error,
                     )
                     if attempt < self.max_retries:
-                        time.sleep(self.backoff_s * 2**attempt)
+                        time.sleep(self._backoff(e, attempt))
             self._drop(server)
 
         threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in self.servers if s.alive]
