@@ -19,7 +19,7 @@ experiments/flags/car_count_sweep.flags).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from experiments import car_count, common
 from experiments.lib import car_count_sweep as lib
@@ -59,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    app.run(common.run_main(main))
+    common.main(main)

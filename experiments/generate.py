@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app
-
 from experiments import common
 from experiments.lib import generate as lib
 from lts_jax import run
@@ -59,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    app.run(common.run_main(main))
+    common.main(main)

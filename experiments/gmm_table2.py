@@ -15,8 +15,6 @@ touched. A failing sub-run is recorded and the others go on; the command then ex
 
 from __future__ import annotations
 
-from absl import app
-
 from experiments import common
 from experiments.lib import gmm_table2 as lib
 
@@ -34,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    app.run(common.run_main(main))
+    common.main(main)

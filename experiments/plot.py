@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
-
 from experiments import common
 from experiments.lib import plot as lib
 
@@ -30,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    app.run(common.run_main(main))
+    common.main(main)

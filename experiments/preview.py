@@ -11,8 +11,6 @@ forced by one-hot logits.
 
 from __future__ import annotations
 
-from absl import app
-
 from experiments import common
 from experiments.lib import preview as lib
 
@@ -34,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    app.run(common.run_main(main))
+    common.main(main)

@@ -31,6 +31,7 @@ spreads one call over all its servers).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -43,6 +44,20 @@ from lts_jax.params import ParamSpec
 from lts_jax.simulator import OutputSpec
 
 RenderFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+class _DropCallbackTraceback(logging.Filter):
+    """JAX logs every failed pure_callback with its whole traceback, then raises an error whose text holds the
+    same traceback: the caller gets it there (a host failure the driver handles, such as every CARLA server
+    gone, would otherwise print a hundred lines before its one-line message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("jax.pure_callback failed")
+
+
+_callback_logger = logging.getLogger("jax._src.callback")
+if not any(isinstance(f, _DropCallbackTraceback) for f in _callback_logger.filters):
+    _callback_logger.addFilter(_DropCallbackTraceback())
 
 
 def key_to_seed(key: jax.Array) -> jax.Array:

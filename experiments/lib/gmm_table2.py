@@ -45,6 +45,8 @@ def validate(cfg: Table2Config) -> None:
     ok = len(cfg.gaussians) >= 1 and min(cfg.gaussians) >= 1
     common.check(ok, "gaussians", ",".join(map(str, cfg.gaussians)), "a comma-separated list of integers >= 1")
     common.validate_run(cfg)
+    for n in cfg.gaussians:  # the sub-runs' settings (num_iterations, num_candidates, ...), before any work
+        gmm_toy.validate(sub_run_config(cfg, n, cfg.seeds[0]))
 
 
 def sub_run_name(num_gaussians: int, seed: int) -> str:

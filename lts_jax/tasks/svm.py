@@ -53,13 +53,24 @@ class SVMTask(TaskBase):
         return {"x": jnp.zeros((self.train_size, 2), jnp.float32), "y": jnp.zeros((self.train_size,), jnp.int32)}
 
     def train(self, state, data, key, epochs: int):
+        """The state is the training set itself: data x [train_size, 2], y [train_size] (checked when traced)."""
         del state, key, epochs  # an SVM is fitted in one go, at evaluation, on the host
-        return {"x": data["x"], "y": data["y"]}
+        x, y = _points(data, "training data")
+        if x.shape[0] != self.train_size:
+            raise ValueError(
+                f"SVMTask(train_size={self.train_size}) got a training set of {x.shape[0]} examples; "
+                f"train_size must be the data set size (LTSConfig.dataset_size)"
+            )
+        return {"x": x, "y": y}
 
     def _fit_score(self, train_x, train_y, eval_x, eval_y):
+        """Host side. A candidate whose data holds NaN or inf gets a NaN reward (scikit-learn would raise inside
+        the callback): the driver then stops with lts.NonFiniteError naming the iteration."""
         self.host_calls += 1
 
         def one(b):
+            if not (np.all(np.isfinite(train_x[b])) and np.all(np.isfinite(eval_x[b]))):
+                return float("nan")
             clf = fit_svc(train_x[b], train_y[b], self.C, self.gamma)
             return float(np.mean(clf.predict(np.asarray(eval_x[b], np.float64)) == eval_y[b]))
 
@@ -68,5 +79,20 @@ class SVMTask(TaskBase):
         return {"reward": acc, "accuracy": acc}
 
     def evaluate(self, state, data) -> dict[str, jax.Array]:
+        """Accuracy on data x [N, 2], y [N] (checked when traced, before the host is called)."""
+        x, y = _points(data, "evaluation data")
         shapes = {"reward": jax.ShapeDtypeStruct((), jnp.float32), "accuracy": jax.ShapeDtypeStruct((), jnp.float32)}
-        return host_call(self._fit_score, shapes, state["x"], state["y"], data["x"], data["y"])
+        return host_call(self._fit_score, shapes, state["x"], state["y"], x, y)
+
+
+def _points(data, what: str) -> tuple[jax.Array, jax.Array]:
+    """(x [N, 2], y [N]) of ``data``; ValueError naming what is missing or misshapen."""
+    missing = [k for k in SVMTask.data_keys if k not in data]
+    if missing:
+        raise ValueError(f"SVMTask: the {what} lacks {missing}; it needs x [N, 2] and y [N], has {sorted(data)}")
+    x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
+    if x.ndim != 2 or x.shape[1] != 2 or y.shape != x.shape[:1]:
+        raise ValueError(
+            f"SVMTask: the {what} must be x [N, 2] and y [N] (2-D points), got x {list(x.shape)}, y {list(y.shape)}"
+        )
+    return x, y
