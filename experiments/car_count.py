@@ -11,15 +11,13 @@ documents the outputs: results.json, car_count.png, psi_real/ (the reference run
 init = the --init point), random_params, random_search. --init: random, zeros, a preset (val, adversarial,
 default) or adversarial_crowded; --retain_mtm also trains and reports the accumulated MTM (Figure 5).
 
-Exit status: 0 done (or already complete), 1 a non-finite value or a file that could not be written,
-2 bad flags or workdir, 3 every CARLA server failed (the last good iteration is checkpointed; re-run to resume).
+Exit status (every command's, experiments/common.py): 0 done (or already complete), 2 bad flags, workdir or
+input, 3 every CARLA server failed after its retries (the last good iteration is checkpointed; re-run to resume),
+130/143 stopped by SIGINT/SIGTERM (resumable), 1 anything else (a non-finite value, a file that could not be
+written).
 """
 
 from __future__ import annotations
-
-import sys
-
-from absl import app
 
 from experiments import common
 from experiments.lib import car_count as lib
@@ -53,13 +51,9 @@ def main() -> None:
     workdir = common.workdir()
     cfg = common.config_from_flags(lib.CarCountConfig)
     lib.validate(cfg)  # before any work: exit 2 naming the flag
-    try:
-        results = lib.train_and_evaluate(cfg, workdir)
-    except lib.SimulatorUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    print(f"test reward: {results['test_reward']}  results: {workdir / 'results.json'}")
+    results = lib.train_and_evaluate(cfg, workdir)  # every CARLA server gone: SimulatorUnavailable, exit 3
+    print(lib.report(results, workdir))  # the rounded results and where the files are
 
 
 if __name__ == "__main__":
-    app.run(common.run_main(main))
+    common.main(main)

@@ -10,8 +10,6 @@ figure2.png (decision boundaries) and reward.png (experiments/lib/gmm_toy.py doe
 
 from __future__ import annotations
 
-from absl import app
-
 from experiments import common
 from experiments.lib import gmm_toy as lib
 
@@ -32,8 +30,8 @@ def main() -> None:
     cfg = common.config_from_flags(lib.GmmToyConfig)
     lib.validate(cfg)  # before any work: exit 2 naming the flag
     results = lib.train_and_evaluate(cfg, workdir)
-    print(f"test accuracy: {results['test_accuracy']}  results: {workdir / 'results.json'}")
+    print(lib.report(results, workdir))  # the rounded results and where the files are
 
 
 if __name__ == "__main__":
-    app.run(common.run_main(main))
+    common.main(main)

@@ -1,6 +1,6 @@
 """Algorithm 1 of the paper: one policy iteration as one jitted step, and the driver loop.
 
-One iteration, as data (DESIGN.md):
+One iteration, as data (WORKSPACE.md, "Where each concept lives"):
 
     key --split--> k_ask, k_sim, k_init, k_train, k_amtm
     search_state --ask--> psi [K, dim]
@@ -60,6 +60,34 @@ class NonFiniteError(FloatingPointError):
     """A reward, loss or psi became NaN or infinite; the message names the iteration."""
 
 
+class NotTraceableError(TypeError):
+    """The simulator's ``sample`` needed psi's values while the step traced it (NumPy, Python control flow on
+    psi, a host library); the message says how to run such code through the host bridge. The JAX error that
+    started it is its ``__cause__``."""
+
+
+# What JAX raises when traced code needs a value: if / bool (ConcretizationTypeError and its
+# TracerBoolConversionError), np.asarray (TracerArrayConversionError), int() / indexing (TracerIntegerConversionError).
+_TRACER_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+def _not_traceable_hint(sample_fn) -> str:
+    name = getattr(sample_fn, "__qualname__", repr(sample_fn))
+    return (
+        f"{name}(key, psi, num) cannot be traced: the step runs it under jax.jit and jax.vmap over the K "
+        "candidates, so psi is a tracer there, not an array of numbers, and the code used its value (NumPy on "
+        "psi, float(psi[i]), an if on psi, or a call into a host library). Either write it with jax.numpy and "
+        "jax.random only (jnp.where instead of if), or run it on the host through the bridge: "
+        "lts_jax.host.HostSimulator(spec, sample_fn, outputs) wraps a NumPy/Python simulator (called once per "
+        "iteration with all K candidates' seeds and psi), lts_jax.host.host_renderer(render_fn, outputs) a "
+        "scene simulator's renderer. Templates: simulators/template.py; the JAX error is the cause below"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class LTSConfig:
     """Static configuration of one policy iteration.
@@ -106,15 +134,10 @@ class LTSConfig:
     candidates_from_amtm: bool = False
 
     def __post_init__(self):
-        checks = [
-            ("num_candidates", self.num_candidates >= 1, ">= 1"),
-            ("dataset_size", self.dataset_size >= 1, ">= 1"),
-            ("mtm_epochs", self.mtm_epochs >= 0, ">= 0"),
-            ("num_devices", self.num_devices >= 1, ">= 1"),
-        ]
-        for name, ok, accepted in checks:
-            if not ok:
-                raise ValueError(f"{name} = {getattr(self, name)} is out of range; accepted: {accepted}")
+        for name, least in (("num_candidates", 1), ("dataset_size", 1), ("mtm_epochs", 0), ("num_devices", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < least:
+                raise ValueError(f"{name} = {value!r} is out of range; accepted: an integer >= {least}")
         parallel.check_divisible(self.num_candidates, self.num_devices)
         if self.candidates_from_amtm and not self.retain_mtm:
             raise ValueError("candidates_from_amtm = True needs retain_mtm = True (the AMTM they fine-tune)")
@@ -124,6 +147,62 @@ class LTSConfig:
                 parallel.resolve(value)
             except ValueError:
                 raise ValueError(f"{name} = {value!r} is not one of {parallel.STRATEGIES} or 'map:B'") from None
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def check_num_iterations(num_iterations: Any) -> int:
+    """``num_iterations`` as an int; ValueError naming it unless it is an integer >= 0."""
+    if not _is_int(num_iterations) or num_iterations < 0:
+        raise ValueError(f"num_iterations = {num_iterations!r} is out of range; accepted: an integer >= 0")
+    return int(num_iterations)
+
+
+def _check_parts(config: Any, simulator: Any, task: Any, search: Any, where: str) -> None:
+    """TypeError naming the argument of make_step / make_split_step that is not what it must be (None, or the
+    arguments in another order), at build time rather than when the step first runs."""
+    parts = (
+        ("config", config, isinstance(config, LTSConfig), "an lts.LTSConfig"),
+        ("simulator", simulator, hasattr(simulator, "spec") and hasattr(simulator, "sample" if where == "make_step"
+         else "sample_scenes"), "a Simulator (spec, sample)" if where == "make_step" else "a SceneSimulator"),
+        ("task", task, all(hasattr(task, m) for m in ("init", "train", "evaluate")) and not hasattr(task, "ask"),
+         "a Task (init, train, evaluate)"),
+        ("search", search, all(hasattr(search, m) for m in ("init", "ask", "tell", "center")),
+         "a search strategy (init, ask, tell, center)"),
+    )  # fmt: skip
+    for name, value, ok, what in parts:
+        if not ok:
+            raise TypeError(
+                f"{where}(config, simulator, task, search): {name} must be {what}, got {type(value).__name__} "
+                f"{value!r:.80}"
+            )
+
+
+def step_identity(config: LTSConfig, simulator: Any, task: Any, search: Any) -> dict[str, Any]:
+    """What a run's checkpoints record of the objects its step runs, and a resume compares
+    (``lts_jax.run.run_search``): the simulator's ``describe()`` (else its class), the task's class and
+    data keys, the search's class, name and spec, and the LTSConfig fields that change what an iteration
+    computes (not how it runs: strategies and device count may differ on resume)."""
+
+    def described(obj: Any) -> Any:
+        describe = getattr(obj, "describe", None)
+        if callable(describe):
+            try:
+                return describe()
+            except TypeError:  # a describe(...) that needs arguments is something else
+                pass
+        return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+    speed_only = {"train_strategy", "eval_strategy", "num_devices"}
+    return {
+        "simulator": described(simulator),
+        "task": {"class": described(task), "data_keys": list(getattr(task, "data_keys", ()) or ())},
+        "search": {"class": described(search), "name": getattr(search, "name", None), "spec": repr(search.spec)},
+        "lts": {k: v for k, v in dataclasses.asdict(config).items() if k not in speed_only},
+    }
 
 
 @struct.dataclass
@@ -234,7 +313,10 @@ class _Phases:
         keys, key_axis = (k_sim, None) if self.config.common_sim_key else (jax.random.split(k_sim, K), 0)
 
         def sample_all(keys, psi):  # under a mesh: one device's candidates (a host renderer sees only those)
-            return jax.vmap(self.sample_fn, in_axes=(key_axis, 0, None))(keys, psi, M)
+            try:
+                return jax.vmap(self.sample_fn, in_axes=(key_axis, 0, None))(keys, psi, M)
+            except _TRACER_ERRORS as e:  # psi's value was needed while tracing
+                raise NotTraceableError(_not_traceable_hint(self.sample_fn)) from e
 
         return parallel.over_candidates(sample_all, self.mesh, (key_axis, 0))(keys, psi)
 
@@ -365,12 +447,16 @@ def make_step(
     MTMs and the AMTM, by ``task.optimizer_steps``; [] int32). The fused step cannot tell its sampling
     time from its training time; :func:`make_split_step` measures both (:class:`PhaseClock`).
     """
+    _check_parts(config, simulator, task, search, "make_step")
     _check_dims(search, simulator.spec)
     p = _Phases(config, simulator.sample, task, search, best_fn)
     step = _assemble(p, p.ask, p.sample, lambda data: data, p.learn, p.tell, p.test)
     if p.mesh is None:
-        return jax.jit(step)
-    return _placing(jax.jit(step, out_shardings=parallel.replicated_sharding(p.mesh)), p.mesh)
+        out = jax.jit(step)
+    else:
+        out = _placing(jax.jit(step, out_shardings=parallel.replicated_sharding(p.mesh)), p.mesh)
+    out.identity = step_identity(config, simulator, task, search)  # what run_search's checkpoints record
+    return out
 
 
 def _placing(step, mesh: Mesh):
@@ -425,6 +511,7 @@ def make_split_step(
     missing = [name for name in ("spec", "sample_scenes", "render_batches") if not hasattr(simulator, name)]
     if missing:
         raise TypeError(f"make_split_step needs a SceneSimulator (lts_jax.simulator); {simulator!r} lacks {missing}")
+    _check_parts(config, simulator, task, search, "make_split_step")
     _check_dims(search, simulator.spec)
     programs = programs or Programs()
     c = config
@@ -474,7 +561,9 @@ def make_split_step(
         clock.train_s = time.perf_counter() - t0 - clock.sim_s
         return out
 
-    return SplitStep(step, clock, mesh)
+    out = SplitStep(step, clock, mesh)
+    out.identity = step_identity(config, simulator, task, search)  # what run_search's checkpoints record
+    return out
 
 
 class PhaseClock:
@@ -580,6 +669,7 @@ def run_loop(
     ``cost_train_s`` too) go to every hook ``hook(i, state, metrics)``;
     ``should_stop()`` is polled between iterations (e.g. set by a signal handler).
     """
+    num_iterations = check_num_iterations(num_iterations)
     hooks = list(hooks)
     start = int(state.iteration)
     for i in range(start, num_iterations):

@@ -10,7 +10,7 @@ Strategies:
 
 - ``"vmap"``: ``jax.vmap``. Per-candidate weights turn matrix products into
   batched matrix products (good) and convolutions into feature-grouped
-  convolutions (bad on GPUs and CPUs; DESIGN.md). The counting CNN is written
+  convolutions (bad on GPUs and CPUs; benchmarks/README.md). The counting CNN is written
   as matrix products for this reason (:mod:`lts_jax.models.counting`).
 - ``"map"``: ``jax.lax.map``, one compiled body run K times in sequence.
 - ``"map:B"``: ``jax.lax.map`` with ``batch_size=B``: chunks of B candidates

@@ -1,7 +1,7 @@
 """ParamSpec: named blocks of the unconstrained simulator parameters psi.
 
-A simulator's parameters psi are one unconstrained real vector (PAPER.md, "The
-simulator interface"). A ParamSpec names its blocks and maps psi to distribution
+A simulator's parameters psi are one unconstrained real vector (WORKSPACE.md, "The method": the
+simulator interface). A ParamSpec names its blocks and maps psi to distribution
 parameters:
 
 - ``bernoulli`` (``size`` independent logits)    -> probabilities via sigmoid;

@@ -1,6 +1,6 @@
 """The simulator protocols: a Simulator, and a two-stage SceneSimulator with a declared output spec.
 
-A simulator maps psi to a labelled data set (PAPER.md, "The simulator interface"):
+A simulator maps psi to a labelled data set (WORKSPACE.md, "The method": the simulator interface):
 
 - :class:`Simulator`: ``spec`` and ``sample(key, psi, num) -> {name: [num, ...]}``, jittable and
   vmappable over ``(key, psi)``. Pure JAX, or a host simulator through the bridge

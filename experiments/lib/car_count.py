@@ -47,12 +47,12 @@ from absl import logging
 from experiments.lib import common, traffic
 from lts_jax import lts, run, search
 from lts_jax.models.counting import HEADS
-from lts_jax.run import plots
+from lts_jax.run import plots, progress
 from lts_jax.tasks.counting import COMPUTE_DTYPES, LOSSES, CountingTask
 from simulators.carla import find_no_server_error
 
 NAME = "car_count"
-PSI_REAL = "val"  # the simulator's preset used as psi_real (PAPER.md: fixed, named, documented)
+PSI_REAL = "val"  # the simulator's preset used as psi_real (WORKSPACE.md, "The method": fixed, named, documented)
 FIXED_PARAMS = ("val", "final", "init")
 # Initial points defined here on top of the simulator's presets: (preset, natural values replacing its blocks).
 # "adversarial_crowded": the "adversarial" preset (shortest road, one car type: pickups, one weather: fog, few
@@ -108,7 +108,7 @@ class CarCountConfig(traffic.TrafficConfig):
         return f"fixed_{self.fixed_params}" if self.search == "fixed" else self.search
 
 
-class SimulatorUnavailable(RuntimeError):
+class SimulatorUnavailable(run.SimulatorUnavailable):
     """Every CARLA server failed; the message names the hosts (the command exits 3)."""
 
 
@@ -187,10 +187,13 @@ def make_context(cfg: CarCountConfig, sim: Any) -> Context:
     t0 = time.perf_counter()
     sim = sim.select(CountingTask.data_keys)
     psi_real = sim.spec.preset(PSI_REAL)
+    what = (f"rendering the validation and test sets ({cfg.val_size} + {cfg.test_size} images at "
+            f"{sim.height}x{sim.width} with psi_real; the renderer compiles first)")  # fmt: skip
     try:
-        val = sim.sample_dataset(jax.random.key(cfg.val_seed), psi_real, cfg.val_size)
-        test = sim.sample_dataset(jax.random.key(cfg.test_seed), psi_real, cfg.test_size)
-        jax.block_until_ready((val, test))
+        with progress.phase(NAME, what):
+            val = sim.sample_dataset(jax.random.key(cfg.val_seed), psi_real, cfg.val_size)
+            test = sim.sample_dataset(jax.random.key(cfg.test_seed), psi_real, cfg.test_size)
+            jax.block_until_ready((val, test))
     except Exception as e:
         _raise_if_unavailable(e, sim, "the validation and test sets were not rendered")
         raise
@@ -402,22 +405,19 @@ def reference_reward(cfg: CarCountConfig, ctx: Context, workdir: Path) -> dict[s
     if done.exists():
         stored = json.loads(done.read_text())
         if stored.get("signature") == signature:
+            progress.say(f"{NAME}: psi_real reference: reusing the finished run in {workdir}")
             return stored["psi_real_reward"]
     run.prepare_workdir(workdir, overwrite=True)
     strategy = search.FixedSearch(ctx.sim.spec)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
     psi = ctx.sim.spec.preset(PSI_REAL)
-    history, _ = run_search(
-        dataclasses.replace(cfg, log_every=0),
-        strategy,
-        psi,
-        workdir,
-        ctx,
-        key,
-        num_iterations=reference_length(cfg),
-        test_every=1,
-        figures=False,
-    )
+    what = (f"psi_real reference: {reference_length(cfg)} iterations of MTMs trained on psi_real's own data (the "
+            f"reward LTS should reach) -> {workdir}")  # fmt: skip
+    with progress.phase(NAME, what):
+        history, _ = run_search(
+            dataclasses.replace(cfg, log_every=0), strategy, psi, workdir, ctx, key,
+            num_iterations=reference_length(cfg), test_every=1, figures=False,
+        )  # fmt: skip
     last = history[-max(1, cfg.final_window) :]
     out = {
         "val": float(np.mean([h["reward_mean"] for h in history])),
@@ -454,6 +454,11 @@ def search_and_report(
     psi0 = initial_point(cfg, spec, k_init, final_psi)
     lts_cfg = lts_config(cfg, strategy)
     logging.info("car_count: %s, %s, method=%s, init=%s", spec, lts_cfg, cfg.method, spec.format(psi0))
+    progress.say(
+        f"{NAME}: searching ({cfg.method}, init {cfg.init}): {cfg.num_iterations} iterations of K = "
+        f"{lts_cfg.num_candidates} candidates x M = {lts_cfg.dataset_size} images x xi = {lts_cfg.mtm_epochs} "
+        f"epochs -> {workdir}"
+    )
     history, stopped = run_search(
         cfg,
         strategy,
@@ -505,7 +510,8 @@ def search_and_report(
     }
     run.write_json(workdir / "results.json", results)
     if figures:
-        draw_figures_from_workdir(workdir)
+        with progress.phase(NAME, "drawing the figures"):
+            draw_figures_from_workdir(workdir)
     logging.info("car_count %s: test reward %s", cfg.method, test_reward)
     return results
 
@@ -524,9 +530,35 @@ def train_and_evaluate(cfg: CarCountConfig, workdir: str | Path) -> dict[str, An
     return search_and_report(cfg, workdir, ctx, common.search_strategy(cfg, sim.spec))
 
 
+def report(results: Mapping[str, Any], workdir: str | Path) -> str:
+    """The closing lines of a run: its final rewards beside psi_real's and the constant predictors', rounded,
+    and where the results and figures are."""
+    method, test, ref = results["method"], results["test_reward"], results.get("psi_real_reward") or {}
+    final = results.get("config", {}).get("candidates_from_amtm") and "final_test" in ref
+    rows = {f"{method} (MTMs, mean over K)": {"test": test.get(method), "val": results.get("final_val_reward")}}
+    if f"{method}_amtm" in test:
+        rows[f"{method}: AMTM"] = {"test": test[f"{method}_amtm"]}
+    if ref:
+        rows["psi_real (MTMs trained on its data)"] = {"test": test.get("psi_real"),
+                                                        "val": ref["final_val" if final else "val"]}  # fmt: skip
+    names = {"val_median": "constant: the validation median", "zero": "constant: zero cars"}
+    for name, const in (results.get("constant_predictors") or {}).items():
+        rows[names.get(name, f"constant: {name}")] = {"test": const["test"], "val": const["val"]}
+    window = results.get("config", {}).get("final_window", 1)
+    table = progress.format_table(rows, [("test reward", "test"), ("val reward", "val")], first="")
+    workdir = Path(workdir)
+    figures = [workdir / f for f in ("car_count.png", "rewards.png", "params.png", "cost.png")]
+    where = {"results": workdir / "results.json", "figures": [f for f in figures if f.exists()],
+             "psi_real reference": workdir / "psi_real" if ref else None}  # fmt: skip
+    head = (f"{NAME}: {results['iterations']} iterations. Reward = -(mean L1 count error over 5 car types), higher "
+            f"is better; MTM rewards: mean of the last {window} evaluations.")  # fmt: skip
+    return f"{head}\n{table}\n{progress.outputs(where)}"
+
+
 # ----- figures -------------------------------------------------------------------------------------------------
 def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
-    """car_count.png from a finished run's results.json (the registry entry of ``python -m experiments.plot``)."""
+    """car_count.png from a finished run's results.json, and params.png again with psi_real's values as target
+    lines (the registry entry of ``python -m experiments.plot``)."""
     workdir = Path(workdir)
     r = json.loads((workdir / "results.json").read_text())
     curves, steps = {"MTM val reward (mean over K)": r["val_reward_curve"]}, {}
@@ -548,7 +580,12 @@ def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
         workdir / "car_count.png",
         steps=steps,
         hlines=hlines,
-        ylabel="reward (negative mean L1 count error)",
-        title=f"car counting: {r['method']}, init {r['init']}",
+        ylabel="reward = -(mean L1 count error)",
+        title=f"car counting: {r['method']} from init {r['init']}, {r['iterations']} iterations (higher is better)",
     )
-    return [path]
+    written = [path]
+    history = run.read_metrics(workdir)
+    if history and r.get("psi_real"):
+        params = plots.params_figure(history, workdir / "params.png", targets=r["psi_real"], target_label="psi_real")
+        written += [params] if params else []
+    return written

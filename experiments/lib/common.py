@@ -1,7 +1,7 @@
 """What the experiments' library halves share: configuration base classes, their checks, what they build.
 
 A configuration is a frozen dataclass whose fields hold every default of an experiment; its fields are named
-like the flags the command line defines from them (``experiments/common.py``), DESIGN.md's shared names
+like the flags the command line defines from them (``experiments/common.py``), the shared names of WORKSPACE.md's design
 included. Nothing here reads a flag: a :class:`ConfigError` names a field through a name function, as
 ``lts_jax.run``'s errors do (``num_iterations=0`` here, ``--num_iterations=0`` on the command line).
 
@@ -66,7 +66,7 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchConfig(RunConfig):
-    """DESIGN.md's shared settings of a search run: K, M, xi, AMTM, the search and its policy.
+    """The shared settings of a search run (WORKSPACE.md, "Design"): K, M, xi, AMTM, the search and its policy.
 
     An experiment subclasses it and redeclares the fields whose defaults are its own.
     """

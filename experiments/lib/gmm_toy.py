@@ -23,7 +23,7 @@ from absl import logging
 
 from experiments.lib import common
 from lts_jax import lts, run
-from lts_jax.run import plots
+from lts_jax.run import plots, progress
 from lts_jax.tasks.svm import SVMTask, fit_svc
 from simulators import gmm
 
@@ -60,6 +60,8 @@ def validate(cfg: GmmToyConfig) -> None:
     common.check(cfg.svm_c > 0, "svm_c", cfg.svm_c, "a float > 0")
     common.check(cfg.eval_repeats >= 1, "eval_repeats", cfg.eval_repeats, "an integer >= 1")
     common.check(cfg.dataset_size >= 2, "dataset_size", cfg.dataset_size, "an integer >= 2")
+    common.check(not cfg.retain_mtm, "retain_mtm", cfg.retain_mtm,
+                 "false (the SVM is fitted afresh on each data set: there is no model to accumulate)")  # fmt: skip
     common.validate_init(cfg, common.init_names(gmm.make_spec(cfg.num_gaussians)))
 
 
@@ -101,9 +103,14 @@ def train_and_evaluate(
     key = jax.random.key(cfg.seed)
     k_init, k_state, k_run = jax.random.split(key, 3)
     psi0 = spec.initial(cfg.init, k_init)
+    M = lts_cfg.dataset_size
     step = lts.make_step(lts_cfg, sim, task, search)
     state = lts.init_state(lts_cfg, task, search, k_state, psi0)
     logging.info("gmm_toy: %s, %s, search=%s, init=%s", spec, lts_cfg, cfg.search, cfg.init)
+    progress.say(
+        f"{NAME}: searching ({cfg.search}, init {cfg.init}, {cfg.num_gaussians} Gaussian(s) per class): "
+        f"{cfg.num_iterations} iterations of K = {lts_cfg.num_candidates} x M = {M} points -> {workdir}"
+    )
     stopped = False
     try:
         state, history = run.run_search(
@@ -122,11 +129,12 @@ def train_and_evaluate(
     sample = jax.jit(sim.sample, static_argnums=2)
     real_sim, psi_real = gmm.real_simulator()
     real_sample = jax.jit(real_sim.sample, static_argnums=2)
-    M = lts_cfg.dataset_size
-    acc = {
-        cfg.search: test_accuracy(sample, center, M, test, 7000, cfg.eval_repeats, cfg.svm_c),
-        "val_params": test_accuracy(real_sample, psi_real, M, test, 8000, cfg.eval_repeats, cfg.svm_c),
-    }
+    what = f"test accuracy: SVMs on {cfg.eval_repeats} data sets of the learned q and of p, {cfg.test_size} test points"
+    with progress.phase(NAME, what):
+        acc = {
+            cfg.search: test_accuracy(sample, center, M, test, 7000, cfg.eval_repeats, cfg.svm_c),
+            "val_params": test_accuracy(real_sample, psi_real, M, test, 8000, cfg.eval_repeats, cfg.svm_c),
+        }
     results = {
         "experiment": NAME,
         "simulator": sim.describe(),
@@ -143,9 +151,25 @@ def train_and_evaluate(
     }
     run.write_json(workdir / "results.json", results)
     if figures:
-        draw_figures_from_workdir(workdir)
+        with progress.phase(NAME, "drawing the figures"):
+            draw_figures_from_workdir(workdir)
     logging.info("test accuracy: %s", acc)
     return results
+
+
+def report(results: dict[str, Any], workdir: str | Path) -> str:
+    """The closing lines of a run: test accuracies and the search's validation reward, rounded, and where the
+    results and figures are."""
+    search, acc, val = results["search"], results["test_accuracy"], results.get("val_reward") or {}
+    rows = {f"{search} (the learned q)": {"test": acc.get(search), "first": val.get("first"), "last": val.get("last"),
+                                          "best": val.get("best")},
+            "val params (p itself)": {"test": acc.get("val_params")}}  # fmt: skip
+    columns = [("test accuracy", "test"), ("val reward: first", "first"), ("last", "last"), ("best", "best")]
+    workdir = Path(workdir)
+    figures = [workdir / f for f in ("figure2.png", "reward.png", "rewards.png", "params.png", "cost.png")]
+    where = {"results": workdir / "results.json", "figures": [f for f in figures if f.exists()]}
+    head = f"{NAME}: {results['iterations']} iterations, {results['num_gaussians']} Gaussian(s) per class in q"
+    return f"{head}\n{progress.format_table(rows, columns)}\n{progress.outputs(where)}"
 
 
 def draw_figures_from_workdir(workdir: str | Path) -> list[Path]:
@@ -173,26 +197,40 @@ def draw_figures(workdir: Path, sim, history, val, test, M: int, C: float, psi_r
         tr = jax.tree_util.tree_map(np.asarray, sample_fn(jax.random.key(seed), jnp.asarray(psi, jnp.float32), M))
         return fit_svc(tr["x"], tr["y"], C), tr
 
+    def accuracy(clf, data) -> float:
+        return float(np.mean(clf.predict(data["x"]) == data["y"]))
+
     n = len(history)
     picks = sorted({0, n // 10, n - 1})
+    g = sim.num_gaussians
+    components = f"{g} Gaussian{'s' if g > 1 else ''} per class"
+    test_points = (test["x"], test["y"])
     panels = []
     for i in picks:
         clf, _ = fitted(sample, history[i]["center"], 9000 + i)
-        panels.append({"title": f"q at iteration {i}", "predict_fn": clf.predict, "points": (test["x"], test["y"])})
+        panels.append({"title": f"SVM trained on q at iteration {i}", "predict_fn": clf.predict,
+                       "points": test_points, "accuracy": accuracy(clf, test)})  # fmt: skip
     clf_p, _ = fitted(jax.jit(real_sim.sample, static_argnums=2), psi_real, 9100)
     clf_q, data_q = fitted(sample, history[-1]["center"], 9200)
     panels += [
-        {"title": "trained on p (val params)", "predict_fn": clf_p.predict, "points": (test["x"], test["y"])},
-        {"title": "trained on learned q", "predict_fn": clf_q.predict, "points": (test["x"], test["y"])},
-        {"title": "samples from learned q", "points": (data_q["x"], data_q["y"])},
-    ]
-    plots.decision_boundary_panels(panels, workdir / "figure2.png")
+        {"title": "SVM trained on p (val params)", "predict_fn": clf_p.predict, "points": test_points,
+         "accuracy": accuracy(clf_p, test)},
+        {"title": "SVM trained on the learned q", "predict_fn": clf_q.predict, "points": test_points,
+         "accuracy": accuracy(clf_q, test)},
+        {"title": f"{M} samples from the learned q", "points": (data_q["x"], data_q["y"])},
+    ]  # fmt: skip
+    plots.decision_boundary_panels(
+        panels,
+        workdir / "figure2.png",
+        title=f"Figure 2: RBF-SVM decision boundaries over p's {len(test['y'])} test points; q: {components}",
+    )
     plots.reward_curves(
         {
-            "mean reward (val accuracy)": [h["reward_mean"] for h in history],
-            "best": [h["best_reward"] for h in history],
+            "mean over the K candidates": [h["reward_mean"] for h in history],
+            "best so far": [h["best_reward"] for h in history],
         },
         workdir / "reward.png",
-        ylabel="validation accuracy",
-        title="gmm_toy",
+        hlines={"SVM trained on p's own samples": accuracy(clf_p, val)},
+        ylabel="validation accuracy (the reward)",
+        title=f"gmm_toy: the search's reward; q: {components}",
     )

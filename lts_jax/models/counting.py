@@ -9,7 +9,7 @@ Two formulations of the convolutions (``conv=``):
   is a reshape (free) followed by a dense matrix product. Why this matters: the
   K candidates' models have different weights, and ``jax.vmap`` turns K
   convolutions into one feature-grouped convolution, which cuDNN and the CPU
-  runtime run badly (DESIGN.md: vmap 18x slower than a loop on an H100); K
+  runtime run badly (WORKSPACE.md, "Design", performance: vmap 18x slower than a loop on an H100); K
   matrix products become one batched matrix product (cuBLAS strided-batched
   gemm, tensor cores), which runs well. Mathematically the network equals
   ``nn.Conv(f, (2, 2), strides=2, padding="VALID")`` layers on the NHWC image

@@ -6,6 +6,8 @@ good checkpoint is restored, metrics.jsonl is cut back to it, and the resumed
 run ends bitwise like an uninterrupted one (on CPU). A finished run asked for
 more iterations extends from its final checkpoint. SIGINT/SIGTERM stop after
 the current iteration with a checkpoint (a second signal stops at once).
+Iterations whose search reports extreme rewards (``rewards_extreme``, the
+policy's guard against a diverged MTM) get a warning naming them.
 
 Several processes (:mod:`lts_jax.run.distributed`): every process calls
 :func:`run_search` alike; only the main process writes metrics.jsonl,
@@ -17,6 +19,7 @@ the same iteration.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -24,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from absl import logging
 
 from lts_jax import lts
@@ -34,10 +38,22 @@ from lts_jax.run.errors import RunError
 from lts_jax.run.files import StorageError
 from lts_jax.run.metrics import MetricsLog, sync_metrics
 from lts_jax.run.progress import Progress
-from lts_jax.run.workdir import CHECKPOINT_DIR, RESULTS_FILE, RunComplete, WorkdirError, begin_extension
+from lts_jax.run.workdir import (
+    CHECKPOINT_DIR,
+    RESULTS_FILE,
+    RunComplete,
+    WorkdirError,
+    begin_extension,
+    differences_listing,
+    flat_settings,
+    read_config,
+)
 
 DEFAULT_CHECKPOINT_EVERY = 10
 DEFAULT_KEEP_CHECKPOINTS = 3
+# Entries of a step's identity (lts.step_identity) that say how a simulator runs, not what it samples: a
+# resume may change them (CARLA servers moved, another time-out).
+VOLATILE_IDENTITY = frozenset({"hosts", "timeout_s", "max_retries", "backoff_s", "render_chunk"})
 
 
 class Interrupted(RunError):
@@ -55,8 +71,17 @@ class Interrupted(RunError):
         self.num_iterations = num_iterations
 
 
-class _StopOnSignal:
-    """SIGINT/SIGTERM set a flag polled between iterations; a second signal acts at once."""
+class StopOnSignal:
+    """SIGINT/SIGTERM set a flag (``signum``) polled between iterations; a second signal acts at once.
+
+    A context manager (the handlers are installed inside it, on the main thread only); run_search uses it, and
+    so can another long loop that should stop cleanly, e.g. the segmentation experiments' pretraining::
+
+        with StopOnSignal(True) as stop:
+            for r in range(start, rounds):
+                if stop.signum is not None:
+                    ...save a checkpoint, raise Interrupted(..., stop.signum, ...)
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -79,7 +104,7 @@ class _StopOnSignal:
         )
         self.stream.flush()
 
-    def __enter__(self) -> _StopOnSignal:
+    def __enter__(self) -> StopOnSignal:
         if self.enabled:
             for s in self.SIGNALS:
                 self._old[s] = signal.signal(s, self._handler)
@@ -92,6 +117,45 @@ class _StopOnSignal:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+_StopOnSignal = StopOnSignal  # the earlier name
+
+
+class ExtremeRewardWarning:
+    """Hook: a loud warning, naming the iteration, when the search reports extreme rewards (the metric
+    ``rewards_extreme`` of :class:`lts_jax.search.GaussianPolicy`: a candidate's reward far outside the batch,
+    usually an MTM that diverged), and one summary line at the end (:meth:`summary`). ``iterations``: those
+    that had them."""
+
+    def __init__(self, warn: Callable[[str], None] = logging.warning):
+        self.warn = warn
+        self.iterations: list[int] = []
+
+    def __call__(self, iteration: int, state, metrics: dict[str, Any]) -> None:
+        count = int(metrics.get("rewards_extreme") or 0)
+        if count <= 0:
+            return
+        self.iterations.append(iteration)
+        rewards = np.asarray(metrics.get("rewards", []), np.float64).ravel()
+        shown = ""
+        if rewards.size:
+            median = float(np.median(rewards))
+            far = rewards[np.argsort(-np.abs(rewards - median))[:count]]
+            shown = f" ({', '.join(f'{r:.4g}' for r in far)} against a batch median of {median:.4g})"
+        self.warn(
+            f"iteration {iteration}: {count} of {rewards.size or '?'} candidate rewards are extreme{shown}; the "
+            "policy update clipped them (GaussianPolicy outlier_mads; centered_rank advantages ignore the distance "
+            "anyway), the logged rewards are raw. A candidate's MTM probably diverged: check the MTM's learning "
+            "rate and the simulator's psi ranges"
+        )
+
+    def summary(self) -> str | None:
+        """One line naming the iterations that had extreme rewards (None when none had)."""
+        if not self.iterations:
+            return None
+        listed = ", ".join(map(str, self.iterations[:20])) + (" ..." if len(self.iterations) > 20 else "")
+        return f"{len(self.iterations)} iteration(s) had extreme rewards, clipped for the policy update: {listed}"
 
 
 class _CheckpointHook:
@@ -131,6 +195,7 @@ def run_search(
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
     resume: bool = True,
+    identity: dict[str, Any] | None = None,
     handle_signals: bool = True,
     should_stop: Callable[[], bool] | None = None,
     tensorboard: bool = True,
@@ -154,6 +219,8 @@ def run_search(
       checkpoint_every: save every N iterations (0: only at the end and on a stop).
       keep_checkpoints: how many of the newest checkpoints to keep (>= 1).
       resume: restore the newest checkpoint first.
+      identity: what the checkpoints record of the simulator, task and search and a resume compares
+        (JSON-like); default ``step.identity`` (``lts.make_step`` / ``make_split_step`` set it).
       handle_signals: SIGINT/SIGTERM stop the run after the current iteration
         with a checkpoint (main thread only).
       should_stop: polled between iterations as well (tests, schedulers, time budgets).
@@ -166,8 +233,10 @@ def run_search(
     Raises:
       Interrupted: stopped early by a signal or ``should_stop``; the checkpoint is saved.
       RunComplete: the workdir holds results.json and a checkpoint at ``num_iterations``.
-      WorkdirError: a checkpoint beyond ``num_iterations``, metrics.jsonl lacks iterations, or
-        checkpoints exist while ``resume`` is off.
+      WorkdirError: a checkpoint beyond ``num_iterations``, metrics.jsonl lacks iterations,
+        checkpoints exist while ``resume`` is off, or the checkpoint was written for another
+        simulator, task or search (``differences`` lists them).
+      checkpoint.LayoutMismatch: the checkpoint holds a state of another shape.
       StorageError, checkpoint.CheckpointError: a file could not be written (the message names it).
       lts.NonFiniteError: as run_loop; the last good state is checkpointed first.
       ValueError: ``checkpoint_every`` < 0 or ``keep_checkpoints`` < 1.
@@ -177,11 +246,15 @@ def run_search(
         raise ValueError(f"checkpoint_every = {checkpoint_every} is out of range; accepted: an integer >= 0")
     if keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints = {keep_checkpoints} is out of range; accepted: an integer >= 1")
+    lts.check_num_iterations(num_iterations)
+    if identity is None:
+        identity = getattr(step, "identity", None)
     ckpt = checkpoint.Checkpointer(workdir / CHECKPOINT_DIR, keep=keep_checkpoints)
     try:
         return _run(
             step, state, base_key, num_iterations, val_data, workdir, spec, ckpt, checkpoint_every, resume,
-            test_data=test_data, test_every=test_every, progress=progress, log_every=log_every,
+            identity=_as_json(identity), test_data=test_data, test_every=test_every, progress=progress,
+            log_every=log_every,
             extra_hooks=extra_hooks, handle_signals=handle_signals, should_stop=should_stop,
             tensorboard=tensorboard, figures=figures,
         )  # fmt: skip
@@ -189,8 +262,37 @@ def run_search(
         ckpt.close()
 
 
+def _as_json(obj: Any) -> Any:
+    # As it reads back from a checkpoint's meta, so that a comparison sees equal values as equal.
+    return None if obj is None else json.loads(json.dumps(obj, default=str))
+
+
+def check_identity(stored: Any, identity: Any, path: Path) -> None:
+    """Raises WorkdirError listing the entries (``simulator.height``, ...) of a checkpoint's stored identity that
+    differ from this run's. Entries named in VOLATILE_IDENTITY may differ, and only entries both hold are
+    compared (a newer version of the code may describe more, with defaults). Nothing to compare: no error."""
+    if stored is None or identity is None:
+        return
+
+    def volatile(name: str) -> bool:
+        return any(part in VOLATILE_IDENTITY for part in name.split("."))
+
+    a, b = flat_settings(stored), flat_settings(identity)
+    diffs = [(n, a[n], b[n]) for n in sorted(set(a) & set(b)) if not volatile(n) and a[n] != b[n]]
+    if diffs:
+        raise WorkdirError(
+            lambda p: (
+                f"checkpoint {path} was written by a run of another simulator, task or search:\n"
+                f"{differences_listing(diffs, lambda name, *v: name)}\nRe-run with the configuration that "
+                f"wrote it, choose another {p('workdir')}, or pass {p('overwrite', True)} to start over."
+            ),
+            path=path,
+            differences=diffs,
+        )
+
+
 def _run(
-    step, state, base_key, num_iterations, val_data, workdir: Path, spec, ckpt, every, resume, *,
+    step, state, base_key, num_iterations, val_data, workdir: Path, spec, ckpt, every, resume, *, identity,
     test_data, test_every, progress, log_every, extra_hooks, handle_signals, should_stop, tensorboard, figures,
 ):  # fmt: skip
     if not resume and ckpt.steps():
@@ -202,6 +304,7 @@ def _run(
     distributed.sync("lts_run_search_start")  # every process sees the workdir as prepared
     restored = ckpt.restore_latest(state) if resume else None
     if restored is not None:
+        check_identity(restored[1].get("fingerprint"), identity, ckpt.path(int(restored[0].iteration)))
         state = restored[0]
     start = int(state.iteration)
     if start > num_iterations:
@@ -235,13 +338,18 @@ def _run(
     show = Progress(num_iterations, enabled=progress and main, log_every=log_every)
     if start > 0 and start < num_iterations:
         show.message(f"resumed {workdir} at iteration {start}/{num_iterations} from {ckpt.path(start)}")
-    saver = _CheckpointHook(ckpt, every, num_iterations, {"num_iterations": num_iterations})
+    # The run's identity goes into every checkpoint: its configuration (flags.txt, as prepare_workdir checked
+    # and stored it) and what its step runs; a workdir whose flags.txt is lost still knows its run.
+    meta = {"num_iterations": num_iterations, "config": read_config(workdir), "fingerprint": identity}
+    saver = _CheckpointHook(ckpt, every, num_iterations, meta)
     if restored is not None:
         saver.saved_step = start
-    hooks = [log, saver, show, *extra_hooks]
+    extreme = ExtremeRewardWarning(logging.warning if main else lambda _: None)
+    hooks = [log, saver, show, extreme, *extra_hooks]
 
-    stop = _StopOnSignal(handle_signals)
+    stop = StopOnSignal(handle_signals)
     poll = should_stop or (lambda: False)
+    show.start(start)  # "compiling" until the first iteration is done
 
     def stopping() -> bool:  # agreed by every process, so that all stop after the same iteration
         return distributed.any_process(stop.signum is not None or poll())
@@ -265,6 +373,8 @@ def _run(
     finally:
         if writer is not None:
             writer.close()
+        if extreme.summary() and main:
+            logging.warning("%s: %s", workdir, extreme.summary())
 
     done = int(state.iteration)
     path = ckpt.path(done)

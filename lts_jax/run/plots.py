@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CLASS_COLORS = ("tab:blue", "tab:orange")
 # Legends with more entries than this go outside the axes, on the right, so they never hide a curve.
@@ -40,6 +41,12 @@ def _legend(ax, fontsize: float = 8) -> None:
         ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     else:
         ax.legend(fontsize=fontsize, loc="best")
+
+
+def _iterations_axis(ax, fontsize: float | None = None) -> None:
+    """The x-axis of a curve over policy iterations: labelled, whole-number ticks (no "0.5" on a short run)."""
+    ax.set_xlabel("policy iteration", fontsize=fontsize)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _fit_ylim(ax, values: Sequence[float], pad: float = 0.06) -> None:
@@ -83,7 +90,7 @@ def reward_curves(
         ax.axhline(value, linestyle="--", linewidth=1.2, color=f"C{len(curves) + i}", label=f"{name} ({value:.3g})")
         shown.append(value)
     _fit_ylim(ax, shown)
-    ax.set_xlabel("policy iteration")
+    _iterations_axis(ax)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
@@ -237,7 +244,7 @@ def reward_figure(history: Sequence[Mapping], path: str | Path, *, title: str = 
     for k in keys:
         x, y = drawn[k]
         ax.plot(x, y, label=REWARD_LABELS[k], linestyle="--" if k == "baseline" else "-")
-    ax.set_xlabel("policy iteration")
+    _iterations_axis(ax)
     ax.set_ylabel("validation reward")
     ax.set_title(title or "the search's rewards (validation)", fontsize=10)
     ax.grid(alpha=0.3)
@@ -248,7 +255,7 @@ def reward_figure(history: Sequence[Mapping], path: str | Path, *, title: str = 
             prefix = _split_eval(k)[0]
             ax.plot(x, y, marker="o" if len(x) < 0.5 * len(history) else None, markersize=3,
                     label=EVAL_PREFIXES[prefix], color=EVAL_COLORS[prefix])  # fmt: skip
-        ax.set_xlabel("policy iteration")
+        _iterations_axis(ax)
         ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
         ax.set_title(METRIC_LABELS.get(metric, metric.replace("_", " ")).split(" (")[0], fontsize=10)
         ax.grid(alpha=0.3)
@@ -345,7 +352,7 @@ def params_figure(
             _fit_ylim(ax, shown, pad=0.25)
             ax.set_ylabel("mean (band: +- 1 sd)", fontsize=8)
         ax.set_title(f"{name} ({last.get('kind', '?')})", fontsize=9)
-        ax.set_xlabel("policy iteration", fontsize=8)
+        _iterations_axis(ax, fontsize=8)
         ax.tick_params(labelsize=7)
         if not heatmap:
             ax.grid(alpha=0.3)

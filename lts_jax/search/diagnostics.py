@@ -3,7 +3,7 @@
     centers, metrics = trajectories(strategy, psi0, noise_reward(), num_candidates=8, iterations=1000, seeds=10)
     drift_report(strategy.spec, centers, at=(300, 1000))
 
-The null test (PAPER.md's search must not turn noise into drift, issue 13): with a reward that carries no signal,
+The null test (a search must not turn noise into drift, issue 13): with a reward that carries no signal,
 every movement of the center is drift. ``benchmarks/search_null_drift.py`` compares configurations with it;
 the tests hold the recommended one to a bound.
 """

@@ -42,7 +42,7 @@ CITY_OBJECT_LABEL_NAMES: dict[str, str] = {
     "rail_track": "RailTrack", "guard_rail": "GuardRail",
 }  # fmt: skip
 
-# Cityscapes label ids the project uses (PAPER.md; KITTI's semantics benchmark).
+# Cityscapes label ids the project uses (WORKSPACE.md, "The method"; KITTI's semantics benchmark).
 CITYSCAPES: dict[str, int] = {
     "unlabeled": 0, "road": 7, "sidewalk": 8, "building": 11, "vegetation": 21, "terrain": 22, "sky": 23, "car": 26,
 }  # fmt: skip

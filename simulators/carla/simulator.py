@@ -1,6 +1,6 @@
 """CarlaSimulator: the traffic scene model, rendered by CARLA servers.
 
-``G(x, y | psi) = R(S(rho | psi), P(phi | psi))`` (PAPER.md) with S and P the
+``G(x, y | psi) = R(S(rho | psi), P(phi | psi))`` (WORKSPACE.md, "The method") with S and P the
 traffic simulator's pure-JAX scene sampler and R a pool of CARLA servers: a
 ``lts_jax.simulator.SceneSimulator`` whose ``sample_scenes`` is
 ``TrafficSimulator.sample_scenes`` (so the scenes are the very ones the pure-JAX

@@ -1,4 +1,4 @@
-"""The traffic scene simulator (PAPER.md, appendix A): scene model + pure-JAX renderer.
+"""The traffic scene simulator (the paper's appendix A; WORKSPACE.md, "The method"): scene model + pure-JAX renderer.
 
 Public API: :class:`TrafficSimulator`, a ``lts_jax.simulator.SceneSimulator`` (``.spec``, ``.outputs``,
 ``.default_psi()``, ``.preset(name)``, ``.sample(key, psi, num)``, ``.sample_scenes``, ``.render``, the

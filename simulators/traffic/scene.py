@@ -269,7 +269,7 @@ def make_spec(learn_intersection: bool = False, learn_rendering: bool | Sequence
 PRESETS = {
     # Everything neutral: uniform lengths, intersections, car types, weathers; p = 0.5.
     "default": {},
-    # psi_real of PAPER.md sections 4.3-4.4: moderately crowded, unbalanced car types,
+    # psi_real of the paper's sections 4.3-4.4 (WORKSPACE.md, "The method"): moderately crowded, unbalanced car types,
     # random (uniform) intersections and road lengths, houses on the side, mostly fair weather.
     "val": {
         "road_length": [1.0] * L.NUM_LENGTHS,

@@ -73,6 +73,7 @@ def messages(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not (line[:1] in "IWEF" and line[1:5].isdigit())]
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_usage_errors_are_one_line_in_a_real_process_and_help_prints_help(tmp_path):
     """Issue 15.5/15.6: absl's errors exited 1; a usage error printed 25-73 lines of help before the message."""
     for args, shown in (

@@ -13,6 +13,7 @@ from lts_jax import run
 from tests.experiments.conftest import FLAGFILES, ROOT
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_train_and_evaluate_tiny(tmp_path):
     cfg = lib.GmmToyConfig(num_iterations=3, num_candidates=2, dataset_size=20, val_size=40, test_size=40,
                            eval_repeats=1, progress=False)  # fmt: skip

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.experiments.conftest import FLAGFILES, ROOT
 
 
@@ -16,6 +18,7 @@ def _gmm(tmp_path, *args, devices=4):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_candidates_over_four_devices_and_bad_counts(tmp_path):
     done = _gmm(tmp_path, f"--workdir={tmp_path / 'four'}", "--num_devices=0")  # 0: every device (4)
     assert done.returncode == 0, done.stderr[-2000:]

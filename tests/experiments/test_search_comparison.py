@@ -146,6 +146,7 @@ def test_tiny_comparison_end_to_end(tmp_path):
     assert {d[0] for d in err.value.differences} == {"num_iterations"}
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_gmm_comparison_in_seconds(tmp_path):
     """The smoke test of the fast tier: the GMM half, REINFORCE and an ES, one seed, two iterations."""
     cfg = lib.SearchComparisonConfig(problems=("gmm",), strategies=("reinforce", "snes"), **{**TINY, "seeds": (0,)})

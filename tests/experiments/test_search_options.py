@@ -43,6 +43,7 @@ def test_bad_search_settings_name_the_setting(changes, message):
         common.validate_search(lib.GmmToyConfig(**changes))
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_es_run_end_to_end(tmp_path):
     cfg = lib.GmmToyConfig(search="snes", num_iterations=4, num_candidates=4, dataset_size=20, val_size=40,
                            test_size=40, eval_repeats=1, progress=False)  # fmt: skip

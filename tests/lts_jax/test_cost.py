@@ -72,6 +72,7 @@ def test_optimizer_steps_default():
     assert int(TaskBase().optimizer_steps({"x": jnp.zeros(3)})) == 0
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_counters_of_a_run_and_its_resume(tmp_path):
     """Per iteration: K x M examples and (K + AMTM) x steps; the running sums equal i + 1 times them, the wall
     total is the sum of the iterations' time_s; a run stopped after 2 iterations and resumed continues its

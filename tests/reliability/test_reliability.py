@@ -30,6 +30,9 @@ from lts_jax import run
 from lts_jax.run import checkpoint, plots
 from lts_jax.run.metrics import TIMING_COLUMNS
 
+# Real processes (kill -9, full disks, CARLA timeouts) against the quick flagfiles: the whole suite runs them.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 GMM = [
     f"--flagfile={ROOT / 'experiments' / 'flags' / 'gmm_toy_quick.flags'}", "--num_iterations=6",

@@ -195,6 +195,7 @@ def test_learns_to_count_squares(context, position):
     assert l1 < 0.4 * baseline, (l1, baseline)  # seen: 0.1 (no context) and 0.32 (context) against 1.0
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_density_head_norm_and_pretrained_start():
     from lts_jax.models.counting import CountingCNN, to_patch_order
 

@@ -234,6 +234,7 @@ def test_fcn_small_learns_toy_problem(toy):
     np.testing.assert_allclose(float(seg.car_iou(pred, jnp.asarray(val["label"]))), float(after["car_iou"]), rtol=1e-5)
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_evaluate_chunks_and_padding(toy):
     val = toy.val
     state = toy.init(jax.random.key(1))

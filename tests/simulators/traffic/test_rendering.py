@@ -147,6 +147,7 @@ def _mean_rgb(img):
     return img.reshape(-1, 3).astype(np.float64).mean(0)
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_sensor_parameters(sim, sample):
     key = jax.random.key(11)
     ref = _np(sample(key, jnp.asarray(sim.preset("val"))))
@@ -257,6 +258,7 @@ def test_registry_and_describe(sim):
     assert again.select(["image"]).learn_rendering
 
 
+@pytest.mark.slow  # seconds of compilation or a subprocess: the whole suite runs it
 def test_a_subset_of_the_rendering_blocks():
     """learn_rendering may name blocks: only they enter psi and the scenes; the others keep today's values
     (the renderer skips their stages; without the camera block it keeps today's view bounds)."""
