@@ -82,7 +82,11 @@ HELP = {
     "policy_optimizer": "Policy optimiser: adam, sgd or rmsprop.",
     "policy_variance": "sigma^2 of the Gaussian policy (paper: 0.05).",
     "learn_variance": "Also learn log sigma of the policy.",
-    "policy_grad_clip": "Clip the policy gradient's global norm (off if unset).",
+    "policy_grad_clip": (
+        "Clip the REINFORCE gradient's global norm to this before the optimiser (off if unset; ~ |advantage| x "
+        "sqrt(learnable dims) / sigma, see the grad_norm metric). Extreme rewards are clipped anyway by the policy's "
+        "guard (lts_jax/search/policy.py, outlier_mads), which warns naming the iteration."
+    ),
     "baseline_decay": "EMA decay of the REINFORCE reward baseline, in [0, 1).",
     "policy_baseline": "REINFORCE baseline: ema (the paper's), batch_mean or leave_one_out.",
     "policy_advantages": (
