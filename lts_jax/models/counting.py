@@ -161,6 +161,7 @@ class CountingCNN(nn.Module):
             if self.norm:
                 y = nn.LayerNorm(dtype=self.dtype, name=f"{name}_norm")(y)
             return nn.relu(y)
+
         levels = len(self.features)
         if self.conv == "patch":
             n, h, w, d = x.shape

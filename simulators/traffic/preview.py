@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 FORCE = 30.0  # |logit| that forces a categorical value
 
 
