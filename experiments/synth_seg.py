@@ -15,8 +15,6 @@ method that failed (the others finished; re-run to retry it), 2 bad flags or wor
 
 from __future__ import annotations
 
-from absl import app
-
 from experiments import common
 from experiments.lib import synth_seg as lib
 
@@ -27,6 +25,8 @@ HELP = {
     "test_images": "Test images rendered with psi_val.",
     "val_images_seed": "Seed of the validation images.",
     "test_images_seed": "Seed of the test images.",
+    "learn_rendering": "Rendering parameters in psi: all, or a comma list of the blocks (simulators/traffic/scene.py).",
+    "fresh_images": "After the search: a fresh MTM fine-tuned on this many images of each method's final psi (0 none).",
 }
 FLAGS = common.define_flags(lib.SynthSegConfig, HELP)
 
@@ -40,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    app.run(common.run_main(main))
+    common.main(main)

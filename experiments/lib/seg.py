@@ -4,19 +4,29 @@
 
 synth_seg and kitti_seg (each an :class:`Experiment`) differ in the methods they offer, their figure and
 table, and where the images that judge the MTMs come from, a :class:`DataSource`: :class:`SimulatedSource`
-renders validation and test images with a preset psi of the simulator (psi_val), :class:`KittiSource` loads
-real KITTI images and splits them. A source's ``load(sim)``
+renders validation and test images with a preset psi of the simulator (psi_val), :class:`RealSource` loads a
+real data set of ``lts_jax.data.real`` (KITTI, CamVid) split, cropped and sized as its description says
+(:func:`KittiSource`: KITTI as before). A source's ``load(sim)``
 returns ``{"val", "test"[, "train"]}`` data sets (``{"image": uint8 [N, H, W, 3], "label": uint8 [N, H, W],
 "names"?}``, at the simulator's image size): "val" is the reward, "test" the final evaluation of each
-method's best MTM, "train" the images of the "real" method. Another real data set is one more small class.
+method's best MTM, "train" the images of the "real" method. Another real data set is one more entry of
+``lts_jax.data.real.DATASETS``.
 
 Methods (``cfg.methods``), all for ``num_iterations`` iterations of the same K, M, xi, MTM and start:
   lts, random_params, random_search, fixed   a search strategy over the simulator (experiments.lib.common);
   val_params   a fixed search at the source's own psi (a source that renders, ``source.psi``);
+  default_psi  a fixed search at the simulator's neutral "default" preset: the same fine-tuning budget with no
+               search (what a search must beat);
   real         ONE MTM trained on the source's "train" images: per iteration xi epochs on M images drawn from
                them (what one candidate of the other methods gets), continuing across iterations.
 For every method the MTM with the best validation reward of the run is kept ("we test the epoch with highest
-validation reward"), evaluated on val and test and saved (RUN_DIR/<method>/best_params.msgpack).
+validation reward"), evaluated on val and test and saved (RUN_DIR/<method>/best_params.msgpack). That model
+is a maximum over N x K noisy candidates on a small validation set, so two steadier numbers go beside it:
+the late mean reward (``late_mean_reward``: the mean reward of the last 20% of iterations) and, with
+``fresh_images`` > 0, a FRESH MTM fine-tuned from the same start on ``fresh_images`` images of the method's
+final psi and selected by nothing (:func:`fresh_models`; sub-runs RUN_DIR/fresh_<method>/; results.json's
+``fresh_val_car_iou``, ``fresh_test_car_iou``, ...). With ``learn_rendering`` the learned camera and the other
+rendering settings, in physical units, are results.json's ``rendering_by_method``.
 
 Each method is a sub-run of ``run.MultiRun`` in ``RUN_DIR/<method>/`` (metrics.jsonl, TensorBoard events,
 checkpoints, best_params.msgpack, subrun.json); the workdir holds flags.txt, results.json and the figure, and
@@ -39,6 +49,9 @@ model pretrained on ``pretrain_images`` images rendered with ``pretrain_psi`` (t
 preset: uniform categoricals, p = 0.5; no method's answer), reported as the row "pretrained". Algorithm 1's
 candidates then fine-tune it for xi epochs on their own data, so rewards measure what each psi's data adds.
 ``init_checkpoint`` replaces the pretraining by a file of parameters (lts_jax.tasks.segmentation.save_params).
+The pretraining checkpoints like a search (RUN_DIR/pretraining/, every ``checkpoint_every`` rounds of M images
+and when SIGINT/SIGTERM stops it after the round in progress: exit 130/143), and re-running the command
+continues it; once RUN_DIR/pretrained.msgpack is written the checkpoints go.
 
 Fine-tuning rate. Candidates start with a fresh Adam state, whose first steps move every weight by about
 the learning rate; at the pretraining rate that perturbation costs more validation IoU than any psi adds
@@ -54,6 +67,8 @@ import dataclasses
 import functools
 import math
 import os
+import shutil
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -62,10 +77,11 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from experiments.lib import common, traffic
 from lts_jax import lts, run, search
-from lts_jax.data import kitti
+from lts_jax.data import kitti, real
 from lts_jax.models.segmentation import MODELS
 from lts_jax.optim import OPTIMIZERS, make_optimizer
 from lts_jax.simulator import SceneSimulator
@@ -75,11 +91,14 @@ from lts_jax.tasks.trainer import TrainState
 DTYPES = ("float32", "bfloat16")
 BEST_PARAMS = "best_params.msgpack"
 PRETRAINED = "pretrained.msgpack"
+PRETRAINING = "pretraining"  # RUN_DIR/pretraining/<rounds done>/: checkpoints of an unfinished pretraining
 PARTIAL = "results_partial.json"  # the finished methods' tables while the run goes on
+FRESH_PARAMS = "fresh_params.msgpack"  # RUN_DIR/fresh_<method>/: the fresh MTM of a method's final psi
+FRESH_STREAM = 14  # the fresh MTMs' key: fold_in(the seed's key, FRESH_STREAM), the same for every method
 SEARCH_METHODS = ("lts", "random_params", "random_search")  # the first present gives results.json's "psi"
 # Settings a method's sub-run may differ in from its stored ones: how runs are managed, how fast they go, and
 # which other methods run beside it.
-METHOD_IGNORE = common.RUN_MANAGEMENT | traffic.SPEED_ONLY | {"methods"}
+METHOD_IGNORE = common.RUN_MANAGEMENT | traffic.SPEED_ONLY | {"methods", "fresh_images"}
 
 
 # ----- configuration ---------------------------------------------------------------------------------------
@@ -104,6 +123,11 @@ class SegConfig(traffic.TrafficConfig):
     pretrain_psi: str = "default"
     common_train_key: bool = True
     run_dir: str | None = None
+    # rendering parameters in psi (simulators/traffic/scene.py): () none, ("all",) or the named blocks
+    learn_rendering: tuple[str, ...] = ()
+    # after the search: a fresh MTM fine-tuned from the start on this many images of each method's final psi
+    # (0: none), tested on val and test (an evaluation that no validation reward selected)
+    fresh_images: int = 0
     # shared settings, these experiments' defaults
     num_iterations: int = 10
     num_candidates: int = 4
@@ -169,6 +193,7 @@ def validate(cfg: SegConfig, methods: Sequence[str]) -> None:
     common.check(0.0 <= cfg.jitter < 1.0, "jitter", cfg.jitter, "a float in [0, 1)")
     common.check(cfg.compute_dtype in DTYPES, "compute_dtype", cfg.compute_dtype, " | ".join(DTYPES))
     common.check(cfg.pretrain_images >= 0, "pretrain_images", cfg.pretrain_images, "an integer >= 0")
+    common.check(cfg.fresh_images >= 0, "fresh_images", cfg.fresh_images, "an integer >= 0 (0: no fresh models)")
     allowed = ("zeros", *spec.preset_names)
     common.check(cfg.pretrain_psi in allowed, "pretrain_psi", cfg.pretrain_psi, " | ".join(allowed))
     if cfg.init_checkpoint and not os.path.isfile(cfg.init_checkpoint):
@@ -277,50 +302,74 @@ class SimulatedSource:
 
 
 @dataclasses.dataclass(frozen=True)
-class KittiSource:
-    """Real images of a KITTI-layout directory (data_semantics: training/image_2, training/semantic), split by
-    ``kitti.default_split``: test = the images of ``test_names`` present, the rest split by ``split_seed``
-    into val (``val_fraction``) and train. ``train_needed``: a method trains on the train split (it must not
-    be empty). Resized to the simulator's image size."""
+class RealSource:
+    """Real images of a data set of ``lts_jax.data.real`` (``dataset``: "kitti" | "camvid") in ``directory``,
+    split, cropped, mirrored and resized as the data set's description prescribes (real.py): its
+    ``split(directory, **split_options)`` (KITTI: ``seed``, ``val_fraction``, ``test_names``; CamVid:
+    ``train_from_val_sequence``). ``train_needed``: a method trains on the train split (it must not be empty)."""
 
+    dataset: str
     directory: str
-    split_seed: int = 0
-    val_fraction: float = 0.5
-    test_names: tuple[str, ...] = kitti.ORIGINAL_LABEL_NAMES
+    split_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     train_needed: bool = False
     psi = None
-    flag = "kitti_dir"  # the setting that names the directory, in messages
+
+    @property
+    def data(self) -> real.RealDataset:
+        return real.get(self.dataset)
 
     def split(self) -> dict[str, list[str]]:
-        split = kitti.default_split(self.directory, seed=self.split_seed, val_fraction=self.val_fraction,
-                                    test_names=self.test_names)  # fmt: skip
+        split = self.data.split(self.directory, **self.split_options)
         if self.train_needed and not split["train"]:
-            raise kitti.KittiDataError(f"{self.directory}: the train split is empty; lower the val fraction")
+            hint = ("set train_from_val_sequence (its train frames share val's drive)" if self.dataset == "camvid"
+                    else "lower the val fraction")  # fmt: skip
+            raise real.DataError(f"{self.directory}: the train split is empty; {hint}")
         if not split["val"]:
-            raise kitti.KittiDataError(f"{self.directory}: the val split is empty; raise the val fraction")
+            raise real.DataError(f"{self.directory}: the val split is empty; raise the val fraction")
         return split
 
     def check(self) -> None:
-        common.check(0.0 < self.val_fraction <= 1.0, "val_fraction", self.val_fraction, "a float in (0, 1]")
+        if "val_fraction" in self.split_options:
+            v = self.split_options["val_fraction"]
+            common.check(0.0 < v <= 1.0, "val_fraction", v, "a float in (0, 1]")
+        self.data.check_dir(self.directory)
         self.split()
 
     def load(self, sim: SceneSimulator) -> dict[str, dict[str, Any]]:
-        size = (sim.height, sim.width)
-        return {part: kitti.load_kitti(self.directory, size, names) for part, names in self.split().items() if names}
+        return self.data.load_splits(self.directory, (sim.height, sim.width), splits=self.split())
 
     def describe(self, data) -> str:
         n = {p: len(data[p]["names"]) if p in data else 0 for p in ("val", "test", "train")}
         h, w = data["val"]["image"].shape[1:3]
+        d = self.data
+        prep = (f"rows {list(d.crop.rows(*d.file_size, (h, w)))} of {d.file_size[0]} cropped, " if d.crop else "") + (
+            "mirrored, " if d.mirror else "")  # fmt: skip
         return (
-            f"data: {self.directory}: {n['val']} val images (the reward), {n['test']} test, {n['train']} "
-            f"real-train; resized to {h}x{w}."
+            f"data: {d.title} {self.directory}: {n['val']} val images (the reward), {n['test']} test, {n['train']} "
+            f"real-train; {prep}resized to {h}x{w}."
         )
 
     def results(self, data, spec) -> dict[str, Any]:
+        size = tuple(int(x) for x in data["val"]["image"].shape[1:3])
         return {
             "split": {part: list(d["names"]) for part, d in data.items()},
-            self.flag: os.path.abspath(self.directory),
+            "real_data": self.data.describe(size),
+            "real_dir": os.path.abspath(self.directory),
+            **({"kitti_dir": os.path.abspath(self.directory)} if self.dataset == "kitti" else {}),  # older runs' key
         }
+
+
+def KittiSource(  # noqa: N802 (the source of real KITTI images, as before the data sets of real.py)
+    directory: str,
+    split_seed: int = 0,
+    val_fraction: float = 0.5,
+    test_names: tuple[str, ...] = kitti.ORIGINAL_LABEL_NAMES,
+    train_needed: bool = False,
+) -> RealSource:
+    """Real KITTI images split by ``kitti.default_split`` (test = the images of ``test_names`` present, the rest
+    split by ``split_seed`` into val (``val_fraction``) and train)."""
+    options = {"seed": split_seed, "val_fraction": val_fraction, "test_names": tuple(test_names)}
+    return RealSource("kitti", directory, options, train_needed)
 
 
 # ----- compiled pieces -------------------------------------------------------------------------------------
@@ -387,6 +436,14 @@ def make_step(
     return lts.make_split_step(config, sim, task, search, programs=programs, best_fn=best_params)
 
 
+@struct.dataclass
+class PretrainState:
+    """A pretraining in progress, as checkpointed: ``iteration`` = rounds done (the Checkpointer's step)."""
+
+    iteration: jax.Array  # [] int32
+    mtm: TrainState
+
+
 def pretrain(
     pieces: Pieces,
     sim: SceneSimulator,
@@ -396,32 +453,69 @@ def pretrain(
     key: jax.Array,
     log: Callable[[str], None] = print,
     init_task: seg.SegmentationTask | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    handle_signals: bool = True,
 ) -> tuple[TrainState, float | None]:
-    """One MTM trained from scratch on ``num_images`` simulated images from ``psi``.
+    """One MTM trained from scratch on ``num_images`` simulated images from ``psi``; resumable.
 
     Rendered ``chunk`` (= M) fresh images at a time, each chunk trained on for ``pieces.epochs`` epochs,
     so the compiled training program is the one the real method uses. ``init_task`` (default: the pieces'
     task) makes the initial state, i.e. sets the learning rate. Returns (state, image-passes per second
     after the first round, i.e. without compilation; None with a single round).
+
+    With ``checkpoint_dir`` the pretraining checkpoints like a search: every ``checkpoint_every`` rounds (0: only
+    when stopped) and on SIGINT/SIGTERM (``handle_signals``; after the round in progress), and a later call
+    continues from the newest checkpoint there, ending with the same parameters as an uninterrupted run (round
+    r's keys are ``fold_in(key, r)``). A stop raises ``run.Interrupted`` (signum, rounds done, the checkpoint).
     """
     k_init, k_run = jax.random.split(key)
-    state = (init_task or pieces.task).init(k_init)
     rounds = max(1, math.ceil(num_images / chunk))
-    t0 = t1 = time.perf_counter()
-    for r in range(rounds):
-        k_data, k_train = jax.random.split(jax.random.fold_in(k_run, r))
-        data = sim.sample_dataset(k_data, psi, chunk)
-        state = pieces.train(state, arrays(data), k_train)
-        if r == 0 or (r + 1) % max(1, rounds // 4) == 0 or r + 1 == rounds:
-            loss = float(state.train_loss)
-            if not math.isfinite(loss):
-                raise lts.NonFiniteError(f"pretraining round {r}: non-finite training loss {loss} (lower mtm_lr)")
-            elapsed = time.perf_counter() - t0
-            log(f"  pretraining {r + 1}/{rounds} rounds of {chunk} images: loss {loss:.3f}  ({elapsed:.0f} s)")
-        if r == 0:
-            t1 = time.perf_counter()
-    rate = (rounds - 1) * chunk * pieces.epochs / (time.perf_counter() - t1) if rounds > 1 else None
-    return state, rate
+    state = PretrainState(jnp.zeros((), jnp.int32), (init_task or pieces.task).init(k_init))
+    meta = {"rounds": rounds, "chunk": chunk, "num_images": num_images}
+    ckpt = run.checkpoint.Checkpointer(checkpoint_dir, keep=1) if checkpoint_dir is not None else None
+    try:
+        if ckpt is not None:
+            restored = ckpt.restore_latest(state)
+            if restored is not None and all(restored[1].get(k) == v for k, v in meta.items()):
+                state = restored[0]
+                log(f"  resuming the pretraining after round {int(state.iteration)}/{rounds} from {checkpoint_dir}")
+            elif restored is not None:  # another pretraining's checkpoint (it cannot be reused): start over
+                log(f"  {checkpoint_dir} holds another pretraining ({restored[1]}); starting over")
+                ckpt.close()
+                shutil.rmtree(checkpoint_dir)
+        start = int(state.iteration)
+        t0 = t1 = time.perf_counter()
+        with run.StopOnSignal(handle_signals) as stop:
+            for r in range(start, rounds):
+                if stop.signum is not None:
+                    path = ckpt.save(state, meta) if ckpt is not None else None
+                    name = signal.Signals(stop.signum).name
+                    where = f"; checkpoint saved to {path}" if path else ""
+                    raise run.Interrupted(f"stopped by {name} during the pretraining after round {r}/{rounds}"
+                                          f"{where}", stop.signum, r, path, rounds)  # fmt: skip
+                k_data, k_train = jax.random.split(jax.random.fold_in(k_run, r))
+                data = sim.sample_dataset(k_data, psi, chunk)
+                state = PretrainState(jnp.asarray(r + 1, jnp.int32), pieces.train(state.mtm, arrays(data), k_train))
+                if r == start or (r + 1) % max(1, rounds // 4) == 0 or r + 1 == rounds:
+                    loss = float(state.mtm.train_loss)
+                    if not math.isfinite(loss):
+                        raise lts.NonFiniteError(
+                            f"pretraining round {r}: non-finite training loss {loss} (lower mtm_lr)"
+                        )
+                    elapsed = time.perf_counter() - t0
+                    log(f"  pretraining {r + 1}/{rounds} rounds of {chunk} images: loss {loss:.3f}  ({elapsed:.0f} s)")
+                if ckpt is not None and checkpoint_every and (r + 1) % checkpoint_every == 0 and r + 1 < rounds:
+                    ckpt.save(state, meta)
+                if r == start:
+                    t1 = time.perf_counter()
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    done = rounds - start
+    rate = (done - 1) * chunk * pieces.epochs / (time.perf_counter() - t1) if done > 1 else None
+    return state.mtm, rate
 
 
 def make_real_step(pieces: Pieces, train_data: Mapping[str, Any], num: int) -> Callable:
@@ -572,6 +666,7 @@ class Outcome:
     psi: dict[str, list] = dataclasses.field(default_factory=dict)  # method -> the search's answer [dim]
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
     cost: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> common.cost of its run
+    fresh: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> its fresh MTM's metrics
 
     def partial(self) -> dict[str, Any]:
         """results_partial.json: the tables of what finished so far."""
@@ -591,16 +686,21 @@ def starting_point(
     outcome: Outcome,
     work: int,
     log: Callable[[str], None] = print,
+    checkpoint_every: int = 0,
 ) -> str | None:
     """The checkpoint every MTM starts from: ``init_checkpoint``, the pretrained model (made or reused), or None.
 
-    ``work``: image-passes the methods will train (for the time estimate printed after pretraining).
+    ``work``: image-passes the methods will train (for the time estimate printed after pretraining). The
+    pretraining checkpoints in RUN_DIR/pretraining/ (every ``checkpoint_every`` rounds, and when a signal stops
+    it: ``run.Interrupted``) and a re-run continues it; the directory goes once pretrained.msgpack is written.
     """
     if mtm_cfg.init_checkpoint or not mtm_cfg.pretrain_images:
         return mtm_cfg.init_checkpoint
     path = Path(run_dir) / PRETRAINED
+    partial = Path(run_dir) / PRETRAINING  # the unfinished pretraining's checkpoints
     if overwrite:
         path.unlink(missing_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
     if path.exists():
         log(f"  reusing the pretrained MTM {path}")
         return str(path)
@@ -608,9 +708,11 @@ def starting_point(
     n = mtm_cfg.pretrain_images
     log(f"pretraining the starting MTM on {n} simulated images (psi: {mtm_cfg.pretrain_psi}) ...")
     init_task = make_task(mtm_cfg, pieces.task.height, pieces.task.width, pretraining=True)
-    state, rate = pretrain(pieces, sim, spec.initial(mtm_cfg.pretrain_psi), n, chunk, key, log, init_task)
+    state, rate = pretrain(pieces, sim, spec.initial(mtm_cfg.pretrain_psi), n, chunk, key, log, init_task,
+                           checkpoint_dir=partial, checkpoint_every=checkpoint_every)  # fmt: skip
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     seg.save_params(path, jax.device_get(state.params))
+    shutil.rmtree(partial, ignore_errors=True)  # pretrained.msgpack is what the methods start from
     outcome.timing["pretrain_s"] = time.perf_counter() - t0
     log(f"  pretraining took {fmt_time(outcome.timing['pretrain_s'])} (compilation included)")
     if rate:
@@ -704,6 +806,75 @@ def run_methods(
     return outcome
 
 
+def fresh_models(
+    cfg: SegConfig,
+    outcome: Outcome,
+    sim: SceneSimulator,
+    task: seg.SegmentationTask,
+    pieces: Pieces,
+    data: Mapping[str, Mapping],
+    multi: run.MultiRun,
+    configs: Mapping[str, Mapping[str, Any]],
+    key: jax.Array,
+    log: Callable[[str], None] = print,
+) -> None:
+    """For every finished method with a psi (the searches, default_psi, val_params; not real): a FRESH MTM from
+    the methods' start (``task.init``) fine-tuned on ``cfg.fresh_images`` images rendered from the method's
+    final psi (its search's answer), then evaluated on val and test (``outcome.fresh[method]``).
+
+    Table 1's best-validation MTM is the maximum over N x K noisy candidates on a small validation set; this
+    model is chosen by nothing, so its test score says what the method's psi is worth. Trained as the
+    pretraining is (:func:`pretrain`: rounds of M fresh images, xi epochs each, at ``mtm_lr``; the same
+    compiled program; keys from ``key``, the same for every method), as a sub-run ``fresh_<method>`` of
+    ``multi``: checkpointed (every ``checkpoint_every`` rounds and on SIGINT/SIGTERM) and resumed by a re-run.
+    """
+    for method, psi in outcome.psi.items():
+        name = f"fresh_{method}"
+        config = {**configs[method], "fresh_model_images": cfg.fresh_images, "fresh_model_psi": list(psi)}
+
+        def fn(directory: Path, psi=psi, name=name) -> dict[str, Any]:
+            state, _ = pretrain(
+                pieces, sim, np.asarray(psi, np.float32), cfg.fresh_images, cfg.dataset_size, key,
+                lambda line: log(line.replace("pretraining", f"[{name}] fresh MTM", 1)), task,
+                checkpoint_dir=directory / PRETRAINING, checkpoint_every=cfg.checkpoint_every,
+            )  # fmt: skip
+            seg.save_params(directory / FRESH_PARAMS, jax.device_get(state.params))
+            shutil.rmtree(directory / PRETRAINING, ignore_errors=True)
+            return evaluate_splits(pieces, state.params, data)
+
+        log(f"[{name}] a fresh MTM on {cfg.fresh_images} images of {method}'s final psi -> {multi.path(name)}")
+        entry = multi.run(name, config, fn)
+        outcome.timing[f"{name}_s"] = entry["wall_s"]
+        if entry["status"] != "done":
+            log(f"[{name}] {entry['status']}: {entry['error']}")
+            continue
+        outcome.fresh[method] = entry["result"]
+        r = entry["result"]
+        log(f"[{name}] val car IoU {r['val_car_iou']:.3f}, test car IoU {r.get('test_car_iou', float('nan')):.3f}")
+    multi.save()
+
+
+def fresh_tables(fresh: Mapping[str, Mapping[str, Any]], images: int) -> dict[str, Any]:
+    """results.json's ``fresh_val_car_iou``, ``fresh_test_car_iou``, ``fresh_val_mean_iou``, ``fresh_test_mean_iou``
+    ({method: ...}) and ``fresh`` (how they were made); {} without fresh models."""
+    if not fresh:
+        return {}
+    out = {f"fresh_{k}": {m: r.get(k) for m, r in fresh.items()}
+           for k in ("val_car_iou", "test_car_iou", "val_mean_iou", "test_mean_iou")}  # fmt: skip
+    what = ("a fresh MTM fine-tuned from the methods' start on this many images of each method's final psi "
+            "(rounds of M images, xi epochs each, at mtm_lr), selected by nothing")  # fmt: skip
+    out["fresh"] = {"images": images, "what": what}
+    return out
+
+
+def rendering_settings(spec, psi) -> dict[str, Any]:
+    """The rendering settings of ``psi`` in physical units (simulators.traffic.scene.rendering_settings; the
+    traffic and CARLA simulators share the spec); {} when psi has no rendering blocks."""
+    from simulators.traffic import scene
+
+    return scene.rendering_settings(spec, np.asarray(psi, np.float32))
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """What distinguishes one segmentation experiment from the other.
@@ -776,8 +947,9 @@ def train_and_evaluate(
     programs = lts.Programs()
     pieces = Pieces(make_task(mtm_cfg, H, W), xi)
     init_path = starting_point(
-        mtm_cfg, pieces, sim, spec, M, k_pre, run_dir, overwrite=cfg.overwrite, outcome=out, work=passes, log=log
-    )
+        mtm_cfg, pieces, sim, spec, M, k_pre, run_dir, overwrite=cfg.overwrite, outcome=out, work=passes, log=log,
+        checkpoint_every=cfg.checkpoint_every,
+    )  # fmt: skip
     task = make_task(mtm_cfg, H, W, init_checkpoint=init_path)
     if init_path:
         start = "init_checkpoint" if mtm_cfg.init_checkpoint else "pretrained"
@@ -791,6 +963,8 @@ def train_and_evaluate(
             return make_real_step(pieces, data["train"], M), init_real_state(task, k_real), None
         if method == "val_params":
             strategy, start_psi = search.FixedSearch(spec), source.psi(spec)
+        elif method == "default_psi":  # no search: every candidate's data from the simulator's neutral preset
+            strategy, start_psi = search.FixedSearch(spec), spec.preset("default")
         else:
             strategy, start_psi = common.search_strategy(cfg, spec, method), psi0
         step = make_step(step_cfg, sim, task, strategy, programs)
@@ -798,6 +972,8 @@ def train_and_evaluate(
 
     run_methods(cfg.methods, build, k_run, N, data, pieces, spec, multi, configs,
                 run_options=common.run_options(cfg), outcome=out, log=log)  # fmt: skip
+    if cfg.fresh_images:
+        fresh_models(cfg, out, sim, task, pieces, data, multi, configs, jax.random.fold_in(key, FRESH_STREAM), log)
     multi.raise_failures()
     out.timing["total_s"] = time.perf_counter() - t_start
 
@@ -809,12 +985,16 @@ def train_and_evaluate(
         **metric_tables(out.rows),
         "max_reward": {m: r["best_val_reward_logged"] for m, r in out.rows.items() if "best_val_reward_logged" in r},
         "late_mean_reward": late_mean_reward(out.curves),
+        **fresh_tables(out.fresh, cfg.fresh_images),
         **source.results(data, spec),
         **(run.psi_export(spec, out.psi[headline]) if headline else {}),
         "psi_method": headline,
         "psi_by_method": {m: spec.describe(np.asarray(p, np.float32)) for m, p in out.psi.items()},
         "psi_raw_by_method": out.psi,
         "psi_init": spec.describe(psi0),
+        # the learned rendering settings in physical units (camera, exposure, ...; scene.rendering_settings), to
+        # set beside the real data set's known camera (results["real_data"]["camera"]); {} without them
+        "rendering_by_method": {m: rendering_settings(spec, p) for m, p in out.psi.items()},
         "simulator": sim.describe(),
         "curves": out.curves,
         "checkpoints": out.checkpoints,

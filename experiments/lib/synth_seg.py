@@ -15,7 +15,9 @@ Writes WORKDIR/results.json:
   {"experiment": "synth_seg", "val_car_iou": {method: ...}, "test_car_iou": {...}, "val_mean_iou": {...},
    "test_mean_iou": {...}, "max_reward": {method: best validation reward of the run}, "best_iteration",
    "psi": LTS's learned psi (readable), "psi_raw": [floats], "psi_val": {...}, "simulator": {...},
-   "curves": {method: {"reward_mean", "reward_max", "best_reward"}}, "checkpoints", "config", "timing"}
+   "curves": {method: {"reward_mean", "reward_max", "best_reward"}}, "checkpoints", "config", "timing",
+   with ``fresh_images``: "fresh_val_car_iou", "fresh_test_car_iou", ... {method: ...} (seg.fresh_models), with
+   ``learn_rendering``: "rendering_by_method" (the learned camera etc. in physical units)}
 and WORKDIR/figure6a.png (validation car IoU over iterations: LTS against psi_val's data sets).
 """
 
@@ -32,7 +34,7 @@ from lts_jax import run
 
 NAME = "synth_seg"
 TITLE = "car segmentation on simulated images (paper 4.4, Figure 6a)"
-PSI_VAL = "val"  # the simulator's preset used as psi_val (PAPER.md: fixed, named, documented)
+PSI_VAL = "val"  # the simulator's preset used as psi_val (WORKSPACE.md, "The method": fixed, named, documented)
 METHODS = ("lts", "val_params")
 
 
@@ -70,6 +72,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
             "test_car_iou": results["test_car_iou"].get(m),
             "test_mean_iou": results["test_mean_iou"].get(m),
             "best_iter": results["best_iteration"].get(m),
+            "fresh_test": results.get("fresh_test_car_iou", {}).get(m),
         }
         for m in results["val_car_iou"]
     }
@@ -81,6 +84,8 @@ def summary_table(results: Mapping[str, Any]) -> str:
         ("test mIoU", "test_mean_iou"),
         ("best iter", "best_iter"),
     ]
+    if "fresh_test_car_iou" in results:  # --fresh_images: a model of each method's final psi, selected by nothing
+        columns.insert(5, ("fresh MTM test car IoU", "fresh_test"))
     return "Figure 6a (car IoU on images rendered with psi_val)\n" + seg.table(rows, columns)
 
 

@@ -21,7 +21,7 @@ from lts_jax.params import ParamSpec
 
 SIMULATORS = ("traffic", "carla")
 # Settings that change how fast a run goes, not what it computes (a re-run may change them).
-SPEED_ONLY = frozenset({"compile_cache_dir", "render_chunk"})
+SPEED_ONLY = frozenset({"compile_cache_dir", "render_chunk", "carla_timeout"})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,6 +32,7 @@ class TrafficConfig(common.SearchConfig):
     width: int = 320
     simulator: str = "traffic"
     carla_hosts: str | None = None
+    carla_timeout: float = 30.0  # seconds: each CARLA RPC, and all connection attempts to one server together
     learn_intersection: bool = False
     render_chunk: int = 100
     compile_cache_dir: str | None = None
@@ -43,6 +44,8 @@ def validate_traffic(cfg: TrafficConfig) -> None:
     common.check(cfg.width >= 8, "width", cfg.width, "an integer >= 8")
     common.check(cfg.simulator in SIMULATORS, "simulator", cfg.simulator, " | ".join(SIMULATORS))
     common.check(cfg.render_chunk >= 1, "render_chunk", cfg.render_chunk, "an integer >= 1")
+    common.check(cfg.carla_timeout > 0, "carla_timeout", cfg.carla_timeout, "a float > 0 (seconds)")
+    rendering_option(cfg)
     if cfg.simulator == "carla":
         if not cfg.carla_hosts:
             raise common.ConfigError(
@@ -59,19 +62,38 @@ def validate_traffic(cfg: TrafficConfig) -> None:
             raise common.ConfigError(lambda p: f"{p('carla_hosts', cfg.carla_hosts)}: {reason}") from e
 
 
+def rendering_option(cfg: TrafficConfig) -> bool | list[str]:
+    """The simulators' ``learn_rendering`` option of a config's ``learn_rendering`` setting (the segmentation
+    experiments': rendering parameters in psi, scene.py's camera, field_of_view, exposure, color_balance,
+    blur, noise): False for () or a config without the setting, True for ("all",), else the list of blocks;
+    ConfigError naming the setting and the blocks for an unknown one."""
+    from simulators.traffic.scene import RENDERING_BLOCKS
+
+    names = list(getattr(cfg, "learn_rendering", ()))
+    if not names:
+        return False
+    if names == ["all"]:
+        return True
+    ok = len(set(names)) == len(names) and all(n in RENDERING_BLOCKS for n in names)
+    common.check(ok, "learn_rendering", ",".join(names), f"all, or distinct blocks of {', '.join(RENDERING_BLOCKS)}")
+    return names
+
+
 def spec_of(cfg: TrafficConfig) -> ParamSpec:
     """The simulator's ParamSpec without building a renderer (for validation)."""
     from simulators.traffic.scene import make_spec
 
-    return make_spec(cfg.learn_intersection)
+    return make_spec(cfg.learn_intersection, rendering_option(cfg))
 
 
 def simulator_options(cfg: TrafficConfig) -> dict[str, Any]:
     """``simulators.make`` options: ``{"name": "traffic", "height", "width", "learn_intersection",
-    "render_chunk"}``, or for CARLA ``{"name": "carla", "hosts", "height", "width", "learn_intersection"}``."""
-    options = {"height": cfg.height, "width": cfg.width, "learn_intersection": cfg.learn_intersection}
+    "learn_rendering", "render_chunk"}``, or for CARLA ``{"name": "carla", "hosts", "height", "width",
+    "learn_intersection", "learn_rendering", "timeout_s"}``."""
+    options = {"height": cfg.height, "width": cfg.width, "learn_intersection": cfg.learn_intersection,
+               "learn_rendering": rendering_option(cfg)}  # fmt: skip
     if cfg.simulator == "carla":
-        return {"name": "carla", "hosts": cfg.carla_hosts, **options}
+        return {"name": "carla", "hosts": cfg.carla_hosts, **options, "timeout_s": cfg.carla_timeout}
     return {"name": "traffic", **options, "render_chunk": cfg.render_chunk}
 
 

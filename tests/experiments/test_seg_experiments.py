@@ -50,7 +50,7 @@ def check_common(results: dict, methods: list[str], height: int = 24, width: int
     assert set(results["curves"]) == set(methods)
     from simulators.traffic.scene import make_spec
 
-    assert len(results["psi_raw"]) == make_spec().dim
+    assert len(results["psi_raw"]) == make_spec(False, results["simulator"]["learn_rendering"]).dim
     assert "car_presence" in results["psi"]
     assert results["simulator"]["name"] == "traffic"
     assert (results["simulator"]["height"], results["simulator"]["width"]) == (height, width)
@@ -67,7 +67,7 @@ def test_kitti_seg_quick_end_to_end_and_eval_dir(tmp_path, cli):
     assert status == 0, err[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["experiment"] == "kitti_seg"
-    methods = ["lts", "random_params", "random_search", "real"]
+    methods = ["lts", "random_params", "random_search", "default_psi", "real"]
     check_common(results, methods)
     assert results["psi_method"] == "lts"
     assert [len(results["split"][p]) for p in ("train", "val", "test")] == [10, 10, 5]
