@@ -49,7 +49,7 @@ def test_ci_run_uses_the_record_of_its_python():
     script = (ROOT / ".ci" / "run").read_text()
     for python, path in RECORDS.items():
         assert f"{python}) CONSTRAINTS=(-c .ci/{path.name})" in script
-    assert "pip install -e '.[test,carla]'" in script and "python -m pytest -q" in script
+    assert "pip install -e '.[test,carla]'" in script and "python -m pytest -q -n 2" in script
 
 
 def test_setup_cfg_admits_python_3_11_and_3_12():

@@ -63,7 +63,7 @@ def test_kitti_seg_quick_end_to_end_and_eval_dir(tmp_path, cli):
     sample = real_data_dir("kitti_semantics")
     workdir = tmp_path / "run"
     status, err = cli(kitti_seg.main, f"--flagfile={FLAGFILES / 'kitti_seg_quick.flags'}", f"--workdir={workdir}",
-                      f"--kitti_dir={sample}", *TINY)  # fmt: skip
+                      f"--kitti_dir={sample}", *TINY, "--fresh_images=8")  # fmt: skip
     assert status == 0, err[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["experiment"] == "kitti_seg"
