@@ -21,10 +21,20 @@ import pytest
 from lts_jax.tasks import TaskBase
 from lts_jax.tasks.counting import l1_per_type
 
-COMPILE_CACHE = tempfile.mkdtemp(prefix="lts_jax_test_compile_cache_")
-atexit.register(shutil.rmtree, COMPILE_CACHE, ignore_errors=True)
+# One cache per test run: the process that starts pytest makes it (and removes it at exit) and hands it to
+# pytest-xdist's workers, which it spawns after importing this file, through the environment; so the workers
+# share what either compiled.
+_SHARED = "LTS_TEST_COMPILE_CACHE"
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(_SHARED):
+    COMPILE_CACHE = os.environ[_SHARED]
+else:
+    COMPILE_CACHE = tempfile.mkdtemp(prefix="lts_jax_test_compile_cache_")
+    atexit.register(shutil.rmtree, COMPILE_CACHE, ignore_errors=True)
+    os.environ[_SHARED] = COMPILE_CACHE
 jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+# ... every program, also in the experiments' subprocesses and under --compile_cache_dir (lib/traffic.py)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 # The real data sets (KITTI semantics, CamVid) live outside the repository: ../shared/data from its root, or
 # wherever LTS_DATA_DIR says.

@@ -532,14 +532,9 @@ def _run_for(summary: Mapping[str, Any], what: str, value: int) -> str:
 
 def finish(summary: dict[str, Any], summary_dir: Path, *, figures: bool = True) -> list[Path]:
     """Analysis, sweep_results.json, sweep_table.md and the figures."""
-    summary_dir = Path(summary_dir)
-    summary["analysis"] = analyze(summary)
-    run.write_json(summary_dir / RESULTS_FILE, summary)
-    (summary_dir / TABLE_FILE).write_text(table_markdown(summary))
-    written = [summary_dir / RESULTS_FILE, summary_dir / TABLE_FILE]
-    if figures:
-        written += draw_figures(summary, summary_dir)
-    return written
+    return common.write_summary(summary, summary_dir, results_file=RESULTS_FILE, table_file=TABLE_FILE,
+                                analyze_fn=analyze, table_fn=table_markdown,
+                                figures_fn=draw_figures if figures else None)  # fmt: skip
 
 
 def redraw(summary_dir: str | Path) -> list[Path]:

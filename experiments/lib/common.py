@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class RunConfig:
     keep_checkpoints: int = run.DEFAULT_KEEP_CHECKPOINTS
     # issue 18: the K candidates over this many devices (0: every device of every process; 1: one device),
     # and the processes of a multi-host run (lts_jax/run/distributed.py; unset: from the environment)
-    num_devices: int = 1
+    num_devices: int = 0  # 0: every device of the run (1: one device)
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
@@ -181,8 +181,9 @@ def num_devices(cfg: SearchConfig) -> int:
     if n > jax.device_count():
         raise out_of_range("num_devices", n, f"at most the {jax.device_count()} devices of this run")
     if cfg.num_candidates % n:
-        raise out_of_range("num_devices", cfg.num_devices, f"a divisor of num_candidates = {cfg.num_candidates} "
-                           f"(here {n} devices{' in all' if not cfg.num_devices else ''})")  # fmt: skip
+        where = " in all; --num_devices=1 runs on one" if not cfg.num_devices else ""
+        raise out_of_range("num_devices", cfg.num_devices,
+                           f"a divisor of num_candidates = {cfg.num_candidates} (here {n} devices{where})")  # fmt: skip
     return n
 
 
@@ -321,3 +322,26 @@ def fields_of(cls: type, cfg: Any, **overrides: Any) -> Any:
     """A ``cls`` (a base class of ``cfg``'s) with ``cfg``'s values of its fields, then ``overrides``."""
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
     return cls(**{**values, **overrides})
+
+
+def write_summary(
+    summary: dict[str, Any],
+    summary_dir: str | os.PathLike,
+    *,
+    results_file: str,
+    table_file: str,
+    analyze_fn: Callable[[Mapping[str, Any]], Any],
+    table_fn: Callable[[Mapping[str, Any]], str],
+    figures_fn: Callable[[Mapping[str, Any], Path], list[Path]] | None = None,
+) -> list[Path]:
+    """A multi-run experiment's summary: ``summary["analysis"] = analyze_fn(summary)``, the JSON
+    (``results_file``), the markdown table (``table_file``) and, with ``figures_fn``, the figures, all in
+    ``summary_dir``; returns the paths written."""
+    summary_dir = Path(summary_dir)
+    summary["analysis"] = analyze_fn(summary)
+    run.write_json(summary_dir / results_file, summary)
+    (summary_dir / table_file).write_text(table_fn(summary))
+    written = [summary_dir / results_file, summary_dir / table_file]
+    if figures_fn is not None:
+        written += figures_fn(summary, summary_dir)
+    return written

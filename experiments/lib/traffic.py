@@ -10,6 +10,7 @@ through the host bridge; it plugs in the same way.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -99,10 +100,12 @@ def simulator_options(cfg: TrafficConfig) -> dict[str, Any]:
 
 def make_simulator(cfg: TrafficConfig):
     """The configured simulator; turns on JAX's persistent compilation cache first when ``compile_cache_dir``
-    is set (reruns then skip compiling the renderer)."""
+    is set (reruns then skip compiling the renderer): programs that took at least 1 s to compile, or
+    $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (JAX's own variable; the tests set 0)."""
     if cfg.compile_cache_dir:
+        min_s = float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS") or 1.0)
         jax.config.update("jax_compilation_cache_dir", cfg.compile_cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_s)
     return simulators.make(**simulator_options(cfg))
 
 

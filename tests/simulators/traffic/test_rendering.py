@@ -66,13 +66,12 @@ def test_blocks_appended_learnable_and_absent_by_default(sim):
 
 
 @pytest.mark.slow
-def test_default_rendering_psi_renders_todays_images_bit_for_bit(sim, sample):
+def test_default_rendering_psi_renders_todays_images_bit_for_bit(sim, sample, scenes_fn):
     """The rendering parameters at their defaults (zero means, no spread) leave every scene variable and every
     output exactly as the simulator without them draws it (its own compiled program: other tiles, more stages)."""
     plain = TrafficSimulator(H, W)
     plain_sample = jax.jit(lambda k, p: plain.sample(k, p, NUM))
     plain_scenes = jax.jit(lambda k, p: plain.sample_scenes(k, p, NUM))
-    scenes = jax.jit(lambda k, p: sim.sample_scenes(k, p, NUM))
     for name, seed in (("val", 1), ("adversarial", 2), ("default", 3)):
         key = jax.random.key(seed)
         a = _np(plain_sample(key, jnp.asarray(plain.preset(name))))
@@ -80,7 +79,7 @@ def test_default_rendering_psi_renders_todays_images_bit_for_bit(sim, sample):
         for k in ("image", "label", "instance", "counts"):
             np.testing.assert_array_equal(b[k], a[k], err_msg=f"{name}: {k}")
         sa = _np(plain_scenes(key, jnp.asarray(plain.preset(name))))
-        sb = _np(scenes(key, jnp.asarray(sim.preset(name))))
+        sb = _np(scenes_fn(key, jnp.asarray(sim.preset(name))))
         for k, v in sa.items():
             np.testing.assert_array_equal(sb[k], v, err_msg=f"{name}: scene field {k}")
         assert set(sb) - set(sa) == {"camera_fov", "exposure", "color_gains", "blur_sigma", "noise_sigma"}
