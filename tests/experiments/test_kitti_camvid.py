@@ -39,7 +39,7 @@ def test_camvid_run_records_the_data_set_camera_fresh_models_and_evaluates_anoth
     workdir = tmp_path / "run"
     methods = ["lts", "default_psi", "real"]
     status, output = cli(kitti_seg.main, CAMVID_QUICK, f"--workdir={workdir}", f"--real_dir={camvid}", *TINY,
-                         f"--methods={','.join(methods)}", "--learn_rendering=camera,exposure",
+                         f"--methods={','.join(methods)}", "--learn_rendering=all",
                          "--fresh_images=8")  # fmt: skip
     assert status == 0, output[-3000:]
     results = json.loads((workdir / "results.json").read_text())
@@ -51,8 +51,9 @@ def test_camvid_run_records_the_data_set_camera_fresh_models_and_evaluates_anoth
     assert results["real_data"]["mirror"] and results["real_data"]["camera"]["height_m"] is None
     assert results["real_dir"] == os.path.abspath(camvid)
     # the rendering parameters: in psi, and the learned camera in physical units per method
-    assert results["simulator"]["learn_rendering"] == ["camera", "exposure"]
-    assert len(results["psi_raw"]) == make_spec(False, ["camera", "exposure"]).dim
+    # (every block, as kitti_seg_quick.flags: the programs of the KITTI test; a subset: test_rendering.py)
+    assert results["simulator"]["learn_rendering"] is True
+    assert len(results["psi_raw"]) == make_spec(False, True).dim
     assert results["rendering_by_method"]["default_psi"]["camera_height_m"] == {"value": 1.65, "spread": 0.0}
     assert set(results["rendering_by_method"]) == {"lts", "default_psi"}
     assert "known (camvid)" in output and "horizon/H" in output
@@ -130,11 +131,12 @@ def test_a_run_stopped_by_sigterm_resumes_with_the_same_command_and_completes(tm
     command continues from it and finishes (its metrics: every iteration once). The stop in a real process, the
     resume in this one (its compiled programs are this session's)."""
     workdir, n = tmp_path / "run", 12
-    # the programs of the in-process tests (no rendering parameters): the session's compilation cache has them
+    # the programs of the in-process KITTI test (kitti_seg_quick.flags' rendering parameters): the session's
+    # compilation cache has them
     command = [
         sys.executable, "-m", "experiments.kitti_seg", KITTI_QUICK, f"--workdir={workdir}",
         f"--real_dir={real_data_dir('kitti_semantics')}", *TINY, "--pretrain_images=0", "--fresh_images=8",
-        "--learn_rendering=", "--methods=lts", f"--num_iterations={n}", "--checkpoint_every=2",
+        "--methods=lts", f"--num_iterations={n}", "--checkpoint_every=2",
         f"--compile_cache_dir={COMPILE_CACHE}",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
