@@ -251,15 +251,23 @@ def run_gmm(rundir: Path, sub: SubRun, cfg: SearchComparisonConfig, should_stop=
     else:
         results = gmm_toy.train_and_evaluate(sub.cfg, rundir, should_stop=should_stop, figures=cfg.run_figures)
     history = run.read_metrics(rundir)
+    return _record(
+        sub, results, history, gmm_curve(history, sub.cfg, cfg.gmm_curve_every, cfg.gmm_curve_repeats),
+        final_reward=results["test_accuracy"][sub.cfg.search], reference=results["test_accuracy"]["val_params"],
+    )  # fmt: skip
+
+
+def _record(sub: SubRun, results: Mapping, history: Sequence[Mapping], curve: dict, **own: Any) -> dict[str, Any]:
+    """What the comparison keeps of a finished sub-run: who it is, how far it went, its curve and cost, and the
+    problem's ``own`` numbers (final reward, reference, ...)."""
     return {
         "problem": sub.problem,
         "strategy": sub.strategy,
         "seed": sub.seed,
         "iterations": results["iterations"],
         "stopped_early": results.get("stopped_early", False),
-        "final_reward": results["test_accuracy"][sub.cfg.search],
-        "reference": results["test_accuracy"]["val_params"],
-        "curve": gmm_curve(history, sub.cfg, cfg.gmm_curve_every, cfg.gmm_curve_repeats),
+        **own,
+        "curve": curve,
         "cost": results["cost"],
         "iteration_s": iteration_seconds(history),
     }
@@ -298,20 +306,11 @@ def run_car(rundir: Path, sub: SubRun, ctx: car_count.Context, strategy, should_
         )
     history = run.read_metrics(rundir)
     tv = results.get("tv_to_psi_real") or {}
-    return {
-        "problem": sub.problem,
-        "strategy": sub.strategy,
-        "seed": sub.seed,
-        "iterations": results["iterations"],
-        "stopped_early": results.get("stopped_early", False),
-        "final_reward": results["final_test_reward"],
-        "final_amtm_reward": results.get("final_amtm_test_reward"),
-        "tv_to_psi_real": tv,
-        "final_tv": float(np.mean(list(tv.values()))) if tv else None,
-        "curve": car_curve(history, ctx.sim.spec),
-        "cost": results["cost"],
-        "iteration_s": iteration_seconds(history),
-    }
+    return _record(
+        sub, results, history, car_curve(history, ctx.sim.spec),
+        final_reward=results["final_test_reward"], final_amtm_reward=results.get("final_amtm_test_reward"),
+        tv_to_psi_real=tv, final_tv=float(np.mean(list(tv.values()))) if tv else None,
+    )  # fmt: skip
 
 
 def run_reference(rundir: Path, base: car_count.CarCountConfig, ctx: car_count.Context) -> dict[str, Any]:
