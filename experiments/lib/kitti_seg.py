@@ -90,11 +90,6 @@ def default_dir(name: str) -> str:
     return DEFAULT_KITTI_DIR if name == "kitti" else real.get(name).default_dir()
 
 
-def resolve_kitti_dir(value: str | None) -> str:
-    """The KITTI directory to use; ConfigError saying where to get KITTI when there is none."""
-    return resolve_real_dir(KittiSegConfig(kitti_dir=value))
-
-
 def resolve_real_dir(cfg: KittiSegConfig) -> str:
     """The directory of ``cfg.real_data``: ``real_dir`` (or, for KITTI, its alias ``kitti_dir``), else the shared
     copy when it exists. ConfigError naming the settings for an unknown data set, both names given with

@@ -5,12 +5,11 @@
 synth_seg and kitti_seg (each an :class:`Experiment`) differ in the methods they offer, their figure and
 table, and where the images that judge the MTMs come from, a :class:`DataSource`: :class:`SimulatedSource`
 renders validation and test images with a preset psi of the simulator (psi_val), :class:`RealSource` loads a
-real data set of ``lts_jax.data.real`` (KITTI, CamVid) split, cropped and sized as its description says
-(:func:`KittiSource`: KITTI as before). A source's ``load(sim)``
-returns ``{"val", "test"[, "train"]}`` data sets (``{"image": uint8 [N, H, W, 3], "label": uint8 [N, H, W],
-"names"?}``, at the simulator's image size): "val" is the reward, "test" the final evaluation of each
-method's best MTM, "train" the images of the "real" method. Another real data set is one more entry of
-``lts_jax.data.real.DATASETS``.
+real data set of ``lts_jax.data.real`` (KITTI, CamVid) split, cropped and sized as its description says.
+A source's ``load(sim)`` returns ``{"val", "test"[, "train"]}`` data sets (``{"image": uint8 [N, H, W, 3],
+"label": uint8 [N, H, W], "names"?}``, at the simulator's image size): "val" is the reward, "test" the final
+evaluation of each method's best MTM, "train" the images of the "real" method. Another real data set is one
+more entry of ``lts_jax.data.real.DATASETS``.
 
 Methods (``cfg.methods``), all for ``num_iterations`` iterations of the same K, M, xi, MTM and start:
   lts, random_params, random_search, fixed   a search strategy over the simulator (experiments.lib.common);
@@ -81,7 +80,7 @@ from flax import struct
 
 from experiments.lib import common, traffic
 from lts_jax import lts, run, search
-from lts_jax.data import kitti, real
+from lts_jax.data import real
 from lts_jax.models.segmentation import MODELS
 from lts_jax.optim import OPTIMIZERS, make_optimizer
 from lts_jax.simulator import SceneSimulator
@@ -357,19 +356,6 @@ class RealSource:
             "real_dir": os.path.abspath(self.directory),
             **({"kitti_dir": os.path.abspath(self.directory)} if self.dataset == "kitti" else {}),  # older runs' key
         }
-
-
-def KittiSource(  # noqa: N802 (the source of real KITTI images, as before the data sets of real.py)
-    directory: str,
-    split_seed: int = 0,
-    val_fraction: float = 0.5,
-    test_names: tuple[str, ...] = kitti.ORIGINAL_LABEL_NAMES,
-    train_needed: bool = False,
-) -> RealSource:
-    """Real KITTI images split by ``kitti.default_split`` (test = the images of ``test_names`` present, the rest
-    split by ``split_seed`` into val (``val_fraction``) and train)."""
-    options = {"seed": split_seed, "val_fraction": val_fraction, "test_names": tuple(test_names)}
-    return RealSource("kitti", directory, options, train_needed)
 
 
 # ----- compiled pieces -------------------------------------------------------------------------------------

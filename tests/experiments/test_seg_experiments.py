@@ -162,8 +162,8 @@ def test_synth_seg_quick_end_to_end(tmp_path, cli):
 def test_kitti_source_checks_before_work(tmp_path, monkeypatch):
     monkeypatch.setattr(kitti_lib, "DEFAULT_KITTI_DIR", str(tmp_path / "none"))
     with pytest.raises(common.ConfigError, match="kitti_dir is not set"):
-        kitti_lib.resolve_kitti_dir(None)
-    source = seg.KittiSource(str(tmp_path / "none"))
+        kitti_lib.resolve_real_dir(kitti_lib.KittiSegConfig())
+    source = seg.RealSource("kitti", str(tmp_path / "none"))
     with pytest.raises(kitti.KittiDataError):
         source.check()
     assert source.psi is None and seg.SimulatedSource("val", 2, 2, 1, 2).psi is not None
