@@ -28,16 +28,6 @@ TIMEOUT = 0.3  # seconds per RPC: the dead servers below fail within this
 
 
 @pytest.fixture
-def refused_port():
-    """A loopback port nobody listens on (connections are refused)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-@pytest.fixture
 def silent_port():
     """A listener that accepts connections and never answers."""
     ls = socket.socket()

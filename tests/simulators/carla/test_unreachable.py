@@ -11,16 +11,6 @@ from simulators.carla import CarlaPool, CarlaSimulator, NoCarlaServerError
 from simulators.carla.pool import ServerUnreachable, probe
 
 
-@pytest.fixture
-def refused_port():
-    """A loopback port nobody listens on (connections are refused)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Listener:
     """A loopback listener that accepts connections and answers every request with ``reply`` (None: silent)."""
 
